@@ -1,0 +1,23 @@
+//! `cloister`, the one host command. Each subcommand is a module of a few lines over the
+//! library that does the work (`cloister-image`, `cloister-measurements`, ...). It holds
+//! no logic of its own beyond parsing arguments and printing results.
+
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+
+/// Build, boot, measure and verify a Cloister box.
+#[derive(Debug, Parser)]
+#[command(name = "cloister", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {}
+}

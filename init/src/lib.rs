@@ -1,0 +1,1 @@
+//! Cloister's PID 1. Mounts the filesystems, loads the image's kernel modules, brings up the network, checks entropy, then runs the supervisor in-process and powers off cleanly. It must never exit: PID 1 exiting panics the kernel.

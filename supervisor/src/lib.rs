@@ -1,0 +1,1 @@
+//! A service supervisor: starts services from TOML manifests in dependency order, speaks the sd_notify protocol, restarts with backoff, captures logs and shuts down in order. It must never log what services say about users' chats; it only relays service output.
