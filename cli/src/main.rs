@@ -6,6 +6,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod verify_quote;
+
 /// Build, boot, measure and verify a Cloister box.
 #[derive(Debug, Parser)]
 #[command(name = "cloister", version, about)]
@@ -15,9 +17,14 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Verify a TDX quote offline against collateral and expected measurements.
+    VerifyQuote(verify_quote::Args),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::VerifyQuote(args) => verify_quote::run(args),
+    }
 }

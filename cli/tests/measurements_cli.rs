@@ -1,0 +1,119 @@
+//! End-to-end tests of `cloister verify-quote`, `cloister eventlog` and `cloister measure`
+//! on the public TDX test data in `measurements/tests/data`: the real binary, real files.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn data(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../measurements/tests/data/go-tdx-guest")
+        .join(rel)
+}
+
+fn cloister(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cloister"))
+        .args(args)
+        .output()
+        .expect("run cloister")
+}
+
+const NOW: &str = "2023-07-01T01:00:00Z";
+
+fn verify_v4(extra: &[&str]) -> std::process::Output {
+    let quote = data("tdx_prod_quote_SPR_E4.dat");
+    let collateral = data("collateral-v4");
+    let mut args = vec![
+        "verify-quote",
+        quote.to_str().unwrap(),
+        "--collateral",
+        collateral.to_str().unwrap(),
+        "--now",
+        NOW,
+    ];
+    args.extend_from_slice(extra);
+    cloister(&args)
+}
+
+fn verdict_json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("verdict JSON on stdout")
+}
+
+#[test]
+fn verify_quote_refuses_a_tcb_that_matches_no_level() {
+    let out = verify_v4(&[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tcb_status"), "{stderr}");
+    assert_eq!(verdict_json(&out)["tcb_status"], "NoMatchingTcbLevel");
+}
+
+#[test]
+fn verify_quote_accepts_when_everything_matches() {
+    let first = verify_v4(&["--accept-tcb-status", "NoMatchingTcbLevel"]);
+    let v = verdict_json(&first);
+    let td = &v["td"];
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("measurements.json");
+    let m = serde_json::json!({
+        "mrtd": td["mrtd"], "rtmr0": td["rtmrs"][0], "rtmr1": td["rtmrs"][1],
+        "rtmr2": td["rtmrs"][2], "rtmr3": td["rtmrs"][3],
+    });
+    std::fs::write(&expected, m.to_string()).unwrap();
+    let rd = td["report_data"].as_str().unwrap().to_owned();
+    let out = verify_v4(&[
+        "--accept-tcb-status",
+        "NoMatchingTcbLevel",
+        "--expected",
+        expected.to_str().unwrap(),
+        "--report-data",
+        &rd,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One register off: non-zero exit, and the reason names the register.
+    let mut wrong = m.clone();
+    let mut rtmr2 = td["rtmrs"][2].as_str().unwrap().to_owned();
+    let flipped = if rtmr2.starts_with('0') { "1" } else { "0" };
+    rtmr2.replace_range(0..1, flipped);
+    wrong["rtmr2"] = serde_json::Value::String(rtmr2);
+    std::fs::write(&expected, wrong.to_string()).unwrap();
+    let out = verify_v4(&[
+        "--accept-tcb-status",
+        "NoMatchingTcbLevel",
+        "--expected",
+        expected.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mismatch: rtmr2"), "{stderr}");
+
+    // Wrong report data: non-zero exit naming report_data.
+    let out = verify_v4(&[
+        "--accept-tcb-status",
+        "NoMatchingTcbLevel",
+        "--report-data",
+        "00ff",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mismatch: report_data"));
+}
+
+#[test]
+fn verify_quote_fails_when_the_collateral_expired() {
+    let quote = data("tdx_prod_quote_SPR_E4.dat");
+    let collateral = data("collateral-v4");
+    let out = cloister(&[
+        "verify-quote",
+        quote.to_str().unwrap(),
+        "--collateral",
+        collateral.to_str().unwrap(),
+        "--now",
+        "2053-01-01T00:00:00Z",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not verify"));
+}
