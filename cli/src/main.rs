@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod eventlog;
 mod verify_quote;
 
 /// Build, boot, measure and verify a Cloister box.
@@ -20,11 +21,14 @@ struct Cli {
 enum Command {
     /// Verify a TDX quote offline against collateral and expected measurements.
     VerifyQuote(verify_quote::Args),
+    /// Explain a TDX event log (CCEL) and replay it to RTMR values.
+    Eventlog(eventlog::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::VerifyQuote(args) => verify_quote::run(args),
+        Command::Eventlog(args) => eventlog::run(args),
     }
 }

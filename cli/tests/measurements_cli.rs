@@ -117,3 +117,37 @@ fn verify_quote_fails_when_the_collateral_expired() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not verify"));
 }
+
+#[test]
+fn eventlog_explains_the_ccel_log_and_matches_its_quote() {
+    let log = data("ccel/ccel_data.dat");
+    let table = data("ccel/ccel_table.dat");
+    let quote = data("ccel/cos-113-tdx-quote.dat");
+    let out = cloister(&[
+        "eventlog",
+        log.to_str().unwrap(),
+        "--table",
+        table.to_str().unwrap(),
+        "--quote",
+        quote.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("UEFI variable SecureBoot"), "{stdout}");
+    assert!(stdout.contains("CCEL: type 2"));
+
+    // Against another TD's quote the replay differs: non-zero exit, naming the registers.
+    let other = data("tdx_prod_quote_SPR_E4.dat");
+    let out = cloister(&[
+        "eventlog",
+        log.to_str().unwrap(),
+        "--quote",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rtmr1: the log replays to"));
+}
