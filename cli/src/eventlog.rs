@@ -71,12 +71,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.quote {
         let quote = Quote::parse(&read(path)?).context("bad quote")?;
         let mut differ = Vec::new();
-        for i in 0..4 {
-            if quote.report.rtmrs[i] != rtmrs[i] {
+        for (i, (log_value, quote_value)) in rtmrs.iter().zip(&quote.report.rtmrs).enumerate() {
+            if log_value != quote_value {
                 differ.push(format!(
                     "rtmr{i}: the log replays to {}, the quote has {}",
-                    hex::encode(rtmrs[i]),
-                    hex::encode(quote.report.rtmrs[i])
+                    hex::encode(log_value),
+                    hex::encode(quote_value)
                 ));
             }
         }
