@@ -1,0 +1,234 @@
+//! What the owner's console reads from the rest of the box: services' health and logs
+//! from the supervisor's control socket, and the model's queue and KV use from
+//! model-runner's Prometheus `/metrics`.
+//!
+//! Both are best effort with short deadlines: a missing part shows as unreachable, it never
+//! blocks or breaks the page. Nothing here can carry chat content: the supervisor's logs
+//! are built to hold none, and metrics are numbers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// How long to wait for another part of the box.
+pub const PART_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest answer read from another part.
+pub const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
+
+/// One service as the supervisor reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceHealth {
+    /// The service's name.
+    pub name: String,
+    /// Its state in the supervisor's words ("running", "backoff", ...).
+    pub state: String,
+    /// Anything else the supervisor said about it, as `key=value` pairs.
+    pub details: Vec<(String, String)>,
+}
+
+/// Sends one JSON-lines request to the supervisor and returns its one-line answer.
+pub async fn supervisor_request(
+    socket: &Path,
+    request: &serde_json::Value,
+) -> Option<serde_json::Value> {
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(socket).await.ok()?;
+        let mut line = serde_json::to_vec(request).ok()?;
+        line.push(b'\n');
+        stream.write_all(&line).await.ok()?;
+        let mut reader = BufReader::new(stream).take(MAX_ANSWER_BYTES);
+        let mut answer = String::new();
+        reader.read_line(&mut answer).await.ok()?;
+        serde_json::from_str(&answer).ok()
+    };
+    tokio::time::timeout(PART_TIMEOUT, exchange).await.ok()?
+}
+
+/// Services' health: `{"command":"status"}` answered by `{"services":[{"name":..,"state":..},..]}`.
+pub async fn services(socket: &Path) -> Option<Vec<ServiceHealth>> {
+    let answer = supervisor_request(socket, &serde_json::json!({"command": "status"})).await?;
+    Some(parse_services(&answer))
+}
+
+/// Reads services from a status answer; tolerant of extra fields.
+pub fn parse_services(answer: &serde_json::Value) -> Vec<ServiceHealth> {
+    let list = answer
+        .get("services")
+        .and_then(|s| s.as_array())
+        .cloned()
+        .unwrap_or_default();
+    list.iter()
+        .filter_map(|service| {
+            let object = service.as_object()?;
+            let name = object.get("name")?.as_str()?.to_owned();
+            let state = object
+                .get("state")
+                .or_else(|| object.get("status"))
+                .map(value_text)
+                .unwrap_or_else(|| "unknown".to_owned());
+            let details = object
+                .iter()
+                .filter(|(k, _)| *k != "name" && *k != "state" && *k != "status")
+                .map(|(k, v)| (k.clone(), value_text(v)))
+                .collect();
+            Some(ServiceHealth {
+                name,
+                state,
+                details,
+            })
+        })
+        .collect()
+}
+
+fn value_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The last log lines: `{"command":"logs","lines":N}` answered by `{"lines":["..",..]}`.
+pub async fn recent_logs(socket: &Path, lines: usize) -> Option<Vec<String>> {
+    let answer = supervisor_request(
+        socket,
+        &serde_json::json!({"command": "logs", "lines": lines}),
+    )
+    .await?;
+    let lines = answer.get("lines")?.as_array()?;
+    Some(
+        lines
+            .iter()
+            .map(value_text)
+            .take(lines.len().min(1000))
+            .collect(),
+    )
+}
+
+/// One Prometheus sample.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Sample {
+    /// Metric name with its labels, as written.
+    pub name: String,
+    /// Its value.
+    pub value: f64,
+}
+
+/// Parses Prometheus text exposition format, keeping only well-formed samples.
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| {
+            // The value follows the name (and its braces, which may hold spaces).
+            let name_end = match line.find('{') {
+                Some(open) if line[..open].find(' ').is_none() => {
+                    open + line[open..].find('}')? + 1
+                }
+                _ => line.find(' ')?,
+            };
+            let name = line[..name_end].trim().to_owned();
+            let value = line[name_end..].split_whitespace().next()?.parse().ok()?;
+            Some(Sample { name, value })
+        })
+        .take(500)
+        .collect()
+}
+
+/// Fetches `http://host:port/path` with plain HTTP/1.0 and parses it as metrics.
+pub async fn model_metrics(url: &str) -> Option<Vec<Sample>> {
+    let parsed = url::Url::parse(url).ok()?;
+    if parsed.scheme() != "http" {
+        return None;
+    }
+    let host = parsed.host_str()?.to_owned();
+    let port = parsed.port_or_known_default()?;
+    let path = parsed.path().to_owned();
+    let fetch = async move {
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/plain\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut body = Vec::new();
+        stream
+            .take(MAX_ANSWER_BYTES)
+            .read_to_end(&mut body)
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1)?.starts_with('2') {
+            return None;
+        }
+        Some(parse_prometheus(body))
+    };
+    tokio::time::timeout(PART_TIMEOUT, fetch).await.ok()?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_is_parsed() {
+        let text = "# HELP queue_depth waiting requests\n# TYPE queue_depth gauge\nqueue_depth 3\nkv_blocks_used{model=\"smol lm\"} 12.5 1700000000\nbad line here\n\nnan_value NaN\n";
+        let samples = parse_prometheus(text);
+        assert_eq!(
+            samples[0],
+            Sample {
+                name: "queue_depth".into(),
+                value: 3.0
+            }
+        );
+        assert_eq!(samples[1].name, "kv_blocks_used{model=\"smol lm\"}");
+        assert_eq!(samples[1].value, 12.5);
+        assert_eq!(samples.len(), 3);
+        assert!(samples[2].value.is_nan());
+    }
+
+    #[test]
+    fn services_are_read_tolerantly() {
+        let answer = serde_json::json!({"services": [
+            {"name": "model-runner", "state": "running", "pid": 42, "restarts": 0},
+            {"name": "web-ui", "status": "ready"},
+            {"state": "nameless"},
+            "junk"
+        ]});
+        let services = parse_services(&answer);
+        assert_eq!(services.len(), 2);
+        assert_eq!(services[0].state, "running");
+        assert!(
+            services[0]
+                .details
+                .contains(&("pid".to_owned(), "42".to_owned()))
+        );
+        assert_eq!(services[1].state, "ready");
+    }
+
+    #[tokio::test]
+    async fn the_supervisor_socket_is_asked_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sup.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            BufReader::new(read).read_line(&mut line).await.unwrap();
+            assert!(line.contains("\"status\""));
+            write
+                .write_all(b"{\"services\":[{\"name\":\"init\",\"state\":\"running\"}]}\n")
+                .await
+                .unwrap();
+        });
+        let services = services(&path).await.unwrap();
+        assert_eq!(services[0].name, "init");
+        server.await.unwrap();
+        assert!(
+            super::services(&dir.path().join("missing.sock"))
+                .await
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,828 @@
+//! The routes: pages, the JSON API behind them, static assets, and the plain-HTTP side
+//! (redirects and ACME HTTP-01 only). [`AppState`] is what every handler shares; the
+//! attested chat adds its routes beside these.
+//!
+//! Handlers answer errors with fixed messages; nothing the client sent is echoed back.
+
+// Helpers return `Result<_, Response>` so a handler can answer early with `?`-like flow; a
+// Response is large, but it is built at most once per request.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use sha2::{Digest, Sha384};
+
+use crate::acme::{CertificateManager, HttpChallenges};
+use crate::api::{self, BodyError};
+use crate::auth::{
+    self, AuthError, Passkeys, RateLimiter, SESSION_ABSOLUTE_MAX_S, SESSION_LIFETIME_S,
+    SESSION_ROTATE_AFTER_S,
+};
+use crate::clock::now_s;
+use crate::config::Settings;
+use crate::console;
+use crate::pages::{self, Frame};
+use crate::security::{
+    self, CSRF_COOKIE, SESSION_COOKIE, cookie, error_response, host_cookie, is_token_shaped,
+    random_hex,
+};
+use crate::server::ClientAddress;
+use crate::store::{Store, User};
+use crate::tls::CertificateResolver;
+
+/// Longest a handler may take, reading the body included.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A static file served from inside the binary.
+#[derive(Debug, Clone)]
+pub struct Asset {
+    /// Its bytes.
+    pub body: &'static [u8],
+    /// Its MIME type.
+    pub content_type: &'static str,
+    /// `sha384-...` for the `integrity` attribute.
+    pub integrity: String,
+}
+
+impl Asset {
+    fn new(body: &'static [u8], content_type: &'static str) -> Self {
+        let digest = Sha384::digest(body);
+        Self {
+            body,
+            content_type,
+            integrity: format!("sha384-{}", crate::tls::base64_standard(&digest)),
+        }
+    }
+}
+
+/// The assets folder, compiled in (the image is measured, so are they).
+#[derive(Debug, Clone)]
+pub struct Assets {
+    /// `assets/app.js`.
+    pub script: Asset,
+    /// `assets/style.css`.
+    pub style: Asset,
+}
+
+impl Default for Assets {
+    fn default() -> Self {
+        Self {
+            script: Asset::new(
+                include_bytes!("../assets/app.js"),
+                "text/javascript; charset=utf-8",
+            ),
+            style: Asset::new(
+                include_bytes!("../assets/style.css"),
+                "text/css; charset=utf-8",
+            ),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The database.
+    pub store: Arc<Store>,
+    /// WebAuthn ceremonies.
+    pub passkeys: Passkeys,
+    /// The certificate being served.
+    pub resolver: Arc<CertificateResolver>,
+    /// ACME, when a domain is configured.
+    pub certificates: Option<Arc<CertificateManager>>,
+    /// HTTP-01 answers.
+    pub http_challenges: Arc<HttpChallenges>,
+    /// The settings the server started with.
+    pub settings: Settings,
+    /// The origins browsers use for this box (`https://host[:port]`).
+    pub origins: Arc<Vec<String>>,
+    /// `host[:port]` for redirects to HTTPS.
+    pub public_authority: String,
+    /// Sign-in and registration attempts.
+    pub sign_in_limiter: RateLimiter,
+    /// Static files.
+    pub assets: Assets,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// The CSRF token of this request (existing cookie or a fresh one).
+#[derive(Debug, Clone)]
+struct CsrfToken(String);
+
+/// The HTTPS router.
+pub fn https_router(state: Arc<AppState>) -> Router {
+    let hsts = !state.resolver.facts().self_signed;
+    let origins = state.origins.clone();
+    Router::new()
+        .route("/", get(home))
+        .route("/setup", get(setup_page))
+        .route("/invite", get(invitation_page))
+        .route("/account", get(account_page))
+        .route("/console", get(console_page))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/assets/app.js", get(script))
+        .route("/assets/style.css", get(style))
+        .route("/api/setup/begin", post(setup_begin))
+        .route("/api/setup/finish", post(registration_finish))
+        .route("/api/invite/begin", post(invitation_begin))
+        .route("/api/invite/finish", post(registration_finish))
+        .route("/api/passkeys/begin", post(add_passkey_begin))
+        .route("/api/passkeys/finish", post(registration_finish))
+        .route("/api/signin/begin", post(sign_in_begin))
+        .route("/api/signin/finish", post(sign_in_finish))
+        .route("/api/signout", post(sign_out))
+        .route("/api/owner/status", get(owner_status))
+        .route("/api/owner/invitations", post(create_invitation))
+        .route(
+            "/api/owner/invitations/{handle}/withdraw",
+            post(withdraw_invitation),
+        )
+        .route("/api/owner/users/{id}/revoke", post(revoke_user))
+        .route("/api/owner/passkeys/{id}/revoke", post(revoke_passkey))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not found") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rotate_session,
+        ))
+        .layer(middleware::from_fn(ensure_csrf_cookie))
+        .layer(middleware::from_fn(move |request, next| {
+            security::csrf_guard(origins.clone(), request, next)
+        }))
+        .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(middleware::from_fn(|request, next| {
+            security::request_deadline(REQUEST_DEADLINE, request, next)
+        }))
+        .layer(middleware::from_fn(move |request, next| {
+            security::security_headers(hsts, request, next)
+        }))
+        .with_state(state)
+}
+
+/// The plain HTTP router: ACME HTTP-01 answers and redirects to HTTPS, nothing else.
+pub fn http_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/.well-known/acme-challenge/{token}", get(http_challenge))
+        .fallback(redirect_to_https)
+        .layer(DefaultBodyLimit::max(1024))
+        .with_state(state)
+}
+
+async fn http_challenge(State(state): Shared, Path(token): Path<String>) -> Response {
+    match state.http_challenges.answer(&token) {
+        Some(answer) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], answer).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+async fn redirect_to_https(State(state): Shared, uri: Uri) -> Response {
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
+    let target = format!("https://{}{}", state.public_authority, path);
+    match HeaderValue::from_str(&target) {
+        Ok(location) => (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, "bad request").into_response(),
+    }
+}
+
+// ---- middleware ---------------------------------------------------------------------
+
+async fn ensure_csrf_cookie(mut request: Request, next: Next) -> Response {
+    let existing = cookie(request.headers(), CSRF_COOKIE)
+        .filter(|v| is_token_shaped(v))
+        .map(str::to_owned);
+    let fresh = existing.is_none();
+    let token = existing.unwrap_or_else(|| random_hex(16));
+    request.extensions_mut().insert(CsrfToken(token.clone()));
+    let mut response = next.run(request).await;
+    if fresh {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            host_cookie(CSRF_COOKIE, &token, 86_400, false),
+        );
+    }
+    response
+}
+
+async fn rotate_session(State(state): Shared, mut request: Request, next: Next) -> Response {
+    let now = now_s();
+    let Some(token) = cookie(request.headers(), SESSION_COOKIE)
+        .filter(|v| is_token_shaped(v))
+        .map(str::to_owned)
+    else {
+        return next.run(request).await;
+    };
+    let session = match state.store.session(&token, now) {
+        Ok(Some(session)) => session,
+        _ => return next.run(request).await,
+    };
+    if now - session.created_at_s < SESSION_ROTATE_AFTER_S {
+        return next.run(request).await;
+    }
+    let new_token = random_hex(32);
+    let expires = (now + SESSION_LIFETIME_S).min(session.signed_in_at_s + SESSION_ABSOLUTE_MAX_S);
+    if !matches!(
+        state.store.rotate_session(&token, &new_token, now, expires),
+        Ok(true)
+    ) {
+        return next.run(request).await;
+    }
+    // The handler sees the new token; the browser gets it in the answer.
+    let cookie_line = format!("{SESSION_COOKIE}={new_token}");
+    let other_cookies: Vec<String> = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.starts_with(&format!("{SESSION_COOKIE}=")))
+        .map(str::to_owned)
+        .collect();
+    let mut all = other_cookies;
+    all.push(cookie_line);
+    if let Ok(value) = HeaderValue::from_str(&all.join("; ")) {
+        request.headers_mut().remove(header::COOKIE);
+        request.headers_mut().insert(header::COOKIE, value);
+    }
+    let mut response = next.run(request).await;
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        host_cookie(SESSION_COOKIE, &new_token, expires - now, true),
+    );
+    response
+}
+
+// ---- helpers ------------------------------------------------------------------------
+
+fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<User> {
+    let token = cookie(headers, SESSION_COOKIE).filter(|v| is_token_shaped(v))?;
+    let now = now_s();
+    let session = state.store.session(token, now).ok()??;
+    if now - session.signed_in_at_s >= SESSION_ABSOLUTE_MAX_S {
+        return None;
+    }
+    state
+        .store
+        .user(&session.user_id)
+        .ok()?
+        .filter(|u| !u.revoked)
+}
+
+fn owner(state: &AppState, headers: &HeaderMap) -> Result<User, Response> {
+    match signed_in(state, headers) {
+        Some(user) if user.is_owner => Ok(user),
+        Some(_) => Err(error_response(StatusCode::FORBIDDEN, "owner only")),
+        None => Err(error_response(StatusCode::UNAUTHORIZED, "sign in first")),
+    }
+}
+
+fn render(
+    state: &AppState,
+    csrf: &CsrfToken,
+    user: Option<&User>,
+    page: &str,
+    title: &str,
+    body: &str,
+) -> Response {
+    let certificate = state.resolver.facts();
+    let frame = Frame {
+        page,
+        title,
+        csrf_token: &csrf.0,
+        certificate: &certificate,
+        script_integrity: &state.assets.script.integrity,
+        style_integrity: &state.assets.style.integrity,
+        user,
+    };
+    Html(pages::page(&frame, body)).into_response()
+}
+
+fn body_error(error: BodyError) -> Response {
+    match error {
+        BodyError::TooLarge => {
+            error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+        }
+        BodyError::Malformed => {
+            error_response(StatusCode::BAD_REQUEST, "the request body is not valid")
+        }
+        BodyError::CarriesPrf => error_response(
+            StatusCode::BAD_REQUEST,
+            "the PRF output must stay in the browser",
+        ),
+    }
+}
+
+fn auth_error(error: AuthError) -> Response {
+    let status = match &error {
+        AuthError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        AuthError::Store(store_error) => {
+            tracing::error!(error = %store_error, "database error during sign-in");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        AuthError::BadName => StatusCode::BAD_REQUEST,
+        AuthError::Revoked => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let message = match error {
+        AuthError::UnknownCeremony => "this sign-in attempt expired; start again",
+        AuthError::BadSetupCode => "the setup code is not valid",
+        AuthError::BadInvitation => "the invitation is not valid",
+        AuthError::Verification => "the passkey could not be verified",
+        AuthError::UnknownPasskey => "this passkey is not registered here",
+        AuthError::Revoked => "this account is revoked",
+        AuthError::BadName => "the name must be 1 to 64 characters",
+        AuthError::RateLimited => "too many attempts; wait a minute",
+        AuthError::Store(_) => "the box could not store this",
+    };
+    error_response(status, message)
+}
+
+fn rate_limited(state: &AppState, client: ClientAddress) -> Result<(), Response> {
+    if state.sign_in_limiter.allow(client.0.ip(), now_s()) {
+        Ok(())
+    } else {
+        tracing::info!(client = %client.0.ip(), "sign-in attempts rate-limited");
+        Err(auth_error(AuthError::RateLimited))
+    }
+}
+
+fn open_session(state: &AppState, user_id: &[u8; 16]) -> Result<HeaderValue, Response> {
+    let token = random_hex(32);
+    let now = now_s();
+    state
+        .store
+        .create_session(&token, user_id, now, now + SESSION_LIFETIME_S, now)
+        .map_err(|_| {
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the box could not store this",
+            )
+        })?;
+    Ok(host_cookie(
+        SESSION_COOKIE,
+        &token,
+        SESSION_LIFETIME_S,
+        true,
+    ))
+}
+
+fn credential_value(body: &[u8]) -> Result<api::CeremonyFinish, Response> {
+    let finish: api::CeremonyFinish = api::parse_body(body).map_err(body_error)?;
+    if api::carries_prf(&finish.credential) {
+        return Err(body_error(BodyError::CarriesPrf));
+    }
+    Ok(finish)
+}
+
+// ---- pages --------------------------------------------------------------------------
+
+async fn home(
+    State(state): Shared,
+    Extension(csrf): Extension<CsrfToken>,
+    headers: HeaderMap,
+) -> Response {
+    match signed_in(&state, &headers) {
+        Some(user) => render(
+            &state,
+            &csrf,
+            Some(&user),
+            "home",
+            "Cloister",
+            &pages::home_signed_in(&user),
+        ),
+        None => {
+            let has_owner = state.store.has_owner().unwrap_or(true);
+            render(
+                &state,
+                &csrf,
+                None,
+                "sign-in",
+                "Sign in",
+                &pages::sign_in(has_owner),
+            )
+        }
+    }
+}
+
+async fn setup_page(State(state): Shared, Extension(csrf): Extension<CsrfToken>) -> Response {
+    if state.store.has_owner().unwrap_or(true) {
+        return Redirect::to("/").into_response();
+    }
+    render(
+        &state,
+        &csrf,
+        None,
+        "setup",
+        "Set up this box",
+        &pages::setup(),
+    )
+}
+
+async fn invitation_page(State(state): Shared, Extension(csrf): Extension<CsrfToken>) -> Response {
+    render(
+        &state,
+        &csrf,
+        None,
+        "invitation",
+        "Join this box",
+        &pages::invitation(),
+    )
+}
+
+async fn account_page(
+    State(state): Shared,
+    Extension(csrf): Extension<CsrfToken>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(user) = signed_in(&state, &headers) else {
+        return Redirect::to("/").into_response();
+    };
+    let passkeys = state.store.passkeys_of(&user.id).unwrap_or_default();
+    render(
+        &state,
+        &csrf,
+        Some(&user),
+        "account",
+        "Your passkeys",
+        &pages::account(&passkeys),
+    )
+}
+
+async fn console_page(
+    State(state): Shared,
+    Extension(csrf): Extension<CsrfToken>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(user) = owner(&state, &headers) else {
+        return Redirect::to("/").into_response();
+    };
+    let socket = state.settings.supervisor_socket.clone();
+    let (services, logs, metrics) = tokio::join!(
+        console::services(&socket),
+        console::recent_logs(&socket, 200),
+        async {
+            match &state.settings.model_metrics_url {
+                Some(url) => console::model_metrics(url).await,
+                None => None,
+            }
+        }
+    );
+    let users: Vec<_> = state
+        .store
+        .users()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| {
+            let passkeys = state.store.passkeys_of(&u.id).unwrap_or_default();
+            (u, passkeys)
+        })
+        .collect();
+    let invitations = state.store.invitations().unwrap_or_default();
+    let certificate = state.resolver.facts();
+    let acme = state.certificates.as_ref().map(|m| m.status());
+    let body = pages::console(&pages::ConsoleView {
+        services: services.as_deref(),
+        metrics: metrics.as_deref(),
+        certificate: &certificate,
+        acme: acme.as_ref(),
+        users: &users,
+        invitations: &invitations,
+        logs: logs.as_deref(),
+        now_s: now_s(),
+    });
+    render(&state, &csrf, Some(&user), "console", "Console", &body)
+}
+
+async fn script(State(state): Shared) -> Response {
+    asset(&state.assets.script)
+}
+
+async fn style(State(state): Shared) -> Response {
+    asset(&state.assets.style)
+}
+
+fn asset(asset: &Asset) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, asset.content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        asset.body,
+    )
+        .into_response()
+}
+
+// ---- API ----------------------------------------------------------------------------
+
+async fn setup_begin(
+    State(state): Shared,
+    Extension(client): Extension<ClientAddress>,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = rate_limited(&state, client) {
+        return response;
+    }
+    let request: api::SetupBegin = match api::parse_body(&body) {
+        Ok(request) => request,
+        Err(error) => return body_error(error),
+    };
+    match state
+        .passkeys
+        .begin_setup(&state.store, request.code.trim(), &request.name, now_s())
+    {
+        Ok(begun) => Json(begun).into_response(),
+        Err(error) => auth_error(error),
+    }
+}
+
+async fn invitation_begin(
+    State(state): Shared,
+    Extension(client): Extension<ClientAddress>,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = rate_limited(&state, client) {
+        return response;
+    }
+    let request: api::InviteBegin = match api::parse_body(&body) {
+        Ok(request) => request,
+        Err(error) => return body_error(error),
+    };
+    match state
+        .passkeys
+        .begin_invitation(&state.store, &request.token, now_s())
+    {
+        Ok(begun) => Json(begun).into_response(),
+        Err(error) => auth_error(error),
+    }
+}
+
+async fn add_passkey_begin(State(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(user) = signed_in(&state, &headers) else {
+        return error_response(StatusCode::UNAUTHORIZED, "sign in first");
+    };
+    let request: api::AddPasskeyBegin = match api::parse_body(&body) {
+        Ok(request) => request,
+        Err(error) => return body_error(error),
+    };
+    match state
+        .passkeys
+        .begin_add_passkey(&state.store, &user, &request.label, now_s())
+    {
+        Ok(begun) => Json(begun).into_response(),
+        Err(error) => auth_error(error),
+    }
+}
+
+async fn registration_finish(
+    State(state): Shared,
+    Extension(client): Extension<ClientAddress>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = rate_limited(&state, client) {
+        return response;
+    }
+    let finish = match credential_value(&body) {
+        Ok(finish) => finish,
+        Err(response) => return response,
+    };
+    let credential: webauthn_rs::prelude::RegisterPublicKeyCredential =
+        match serde_json::from_value(finish.credential) {
+            Ok(credential) => credential,
+            Err(_) => return body_error(BodyError::Malformed),
+        };
+    let user_id = match state.passkeys.finish_registration(
+        &state.store,
+        &finish.ceremony,
+        &credential,
+        now_s(),
+    ) {
+        Ok(user_id) => user_id,
+        Err(error) => return auth_error(error),
+    };
+    if signed_in(&state, &headers).is_some() {
+        return Json(serde_json::json!({"next": "/account"})).into_response();
+    }
+    match open_session(&state, &user_id) {
+        Ok(cookie) => (
+            [(header::SET_COOKIE, cookie)],
+            Json(serde_json::json!({"next": "/"})),
+        )
+            .into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn sign_in_begin(
+    State(state): Shared,
+    Extension(client): Extension<ClientAddress>,
+) -> Response {
+    if let Err(response) = rate_limited(&state, client) {
+        return response;
+    }
+    match state.passkeys.begin_sign_in(now_s()) {
+        Ok(begun) => Json(begun).into_response(),
+        Err(error) => auth_error(error),
+    }
+}
+
+async fn sign_in_finish(
+    State(state): Shared,
+    Extension(client): Extension<ClientAddress>,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = rate_limited(&state, client) {
+        return response;
+    }
+    let finish = match credential_value(&body) {
+        Ok(finish) => finish,
+        Err(response) => return response,
+    };
+    let credential: webauthn_rs::prelude::PublicKeyCredential =
+        match serde_json::from_value(finish.credential) {
+            Ok(credential) => credential,
+            Err(_) => return body_error(BodyError::Malformed),
+        };
+    let user =
+        match state
+            .passkeys
+            .finish_sign_in(&state.store, &finish.ceremony, &credential, now_s())
+        {
+            Ok(user) => user,
+            Err(error) => return auth_error(error),
+        };
+    tracing::info!(owner = user.is_owner, "signed in");
+    match open_session(&state, &user.id) {
+        Ok(cookie) => (
+            [(header::SET_COOKIE, cookie)],
+            Json(serde_json::json!({"next": if user.is_owner { "/console" } else { "/" }})),
+        )
+            .into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn sign_out(State(state): Shared, headers: HeaderMap) -> Response {
+    if let Some(token) = cookie(&headers, SESSION_COOKIE).filter(|v| is_token_shaped(v)) {
+        let _ = state.store.end_session(token);
+    }
+    (
+        [(header::SET_COOKIE, host_cookie(SESSION_COOKIE, "", 0, true))],
+        Json(serde_json::json!({"next": "/"})),
+    )
+        .into_response()
+}
+
+async fn owner_status(State(state): Shared, headers: HeaderMap) -> Response {
+    if let Err(response) = owner(&state, &headers) {
+        return response;
+    }
+    let facts = state.resolver.facts();
+    let acme = state.certificates.as_ref().map(|m| m.status());
+    let users = state.store.users().unwrap_or_default();
+    let services = console::services(&state.settings.supervisor_socket).await;
+    Json(serde_json::json!({
+        "certificate": {
+            "self_signed": facts.self_signed,
+            "names": facts.names,
+            "not_after_s": facts.not_after_s,
+            "fingerprint_sha256": facts.fingerprint_sha256,
+            "issuer": facts.issuer,
+        },
+        "acme": acme.map(|a| serde_json::json!({
+            "account_url": a.account_url,
+            "caa_record": a.caa_record,
+            "last_error": a.last_error,
+            "next_attempt_at_s": a.next_attempt_at_s,
+        })),
+        "users": users.iter().map(|u| serde_json::json!({
+            "id": hex::encode(u.id), "name": u.name, "owner": u.is_owner, "revoked": u.revoked,
+        })).collect::<Vec<_>>(),
+        "services": services,
+    }))
+    .into_response()
+}
+
+async fn create_invitation(State(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = owner(&state, &headers) {
+        return response;
+    }
+    let request: api::CreateInvitation = match api::parse_body(&body) {
+        Ok(request) => request,
+        Err(error) => return body_error(error),
+    };
+    if !api::is_valid_name(&request.name) {
+        return auth_error(AuthError::BadName);
+    }
+    let token = random_hex(32);
+    let now = now_s();
+    if state
+        .store
+        .create_invitation(
+            &token,
+            &request.name,
+            now,
+            now + auth::INVITATION_LIFETIME_S,
+        )
+        .is_err()
+    {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the box could not store this",
+        );
+    }
+    let origin = state.origins.first().cloned().unwrap_or_default();
+    Json(serde_json::json!({"link": format!("{origin}/invite#{token}")})).into_response()
+}
+
+async fn withdraw_invitation(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(handle): Path<String>,
+) -> Response {
+    if let Err(response) = owner(&state, &headers) {
+        return response;
+    }
+    match state.store.withdraw_invitation(&handle) {
+        Ok(true) => Json(serde_json::json!({"ok": true})).into_response(),
+        Ok(false) => error_response(StatusCode::NOT_FOUND, "no such invitation"),
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the box could not store this",
+        ),
+    }
+}
+
+async fn revoke_user(State(state): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = owner(&state, &headers) {
+        return response;
+    }
+    let Some(user_id) = hex::decode(&id)
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+    else {
+        return error_response(StatusCode::NOT_FOUND, "no such user");
+    };
+    match state.store.revoke_user(&user_id) {
+        Ok(true) => {
+            tracing::info!("the owner revoked a user");
+            Json(serde_json::json!({"ok": true})).into_response()
+        }
+        Ok(false) => error_response(StatusCode::NOT_FOUND, "no such user"),
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the box could not store this",
+        ),
+    }
+}
+
+async fn revoke_passkey(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(owner_user) = owner(&state, &headers) else {
+        return error_response(StatusCode::FORBIDDEN, "owner only");
+    };
+    let Ok(credential_id) = hex::decode(&id) else {
+        return error_response(StatusCode::NOT_FOUND, "no such passkey");
+    };
+    // The owner keeps at least one passkey, or nobody could ever sign in as owner again.
+    if let Ok(Some(passkey)) = state.store.passkey(&credential_id)
+        && passkey.user_id == owner_user.id
+        && state
+            .store
+            .passkeys_of(&owner_user.id)
+            .map(|p| p.len())
+            .unwrap_or(0)
+            <= 1
+    {
+        return error_response(StatusCode::CONFLICT, "the owner's last passkey stays");
+    }
+    match state.store.revoke_passkey(&credential_id) {
+        Ok(true) => Json(serde_json::json!({"ok": true})).into_response(),
+        Ok(false) => error_response(StatusCode::NOT_FOUND, "no such passkey"),
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the box could not store this",
+        ),
+    }
+}
