@@ -7,6 +7,7 @@
 use clap::{Parser, Subcommand};
 
 mod eventlog;
+mod measure;
 mod verify_quote;
 
 /// Build, boot, measure and verify a Cloister box.
@@ -23,6 +24,8 @@ enum Command {
     VerifyQuote(verify_quote::Args),
     /// Explain a TDX event log (CCEL) and replay it to RTMR values.
     Eventlog(eventlog::Args),
+    /// Compute the launch measurements (MRTD, RTMR0..3) of an image: measurements.json.
+    Measure(measure::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::VerifyQuote(args) => verify_quote::run(args),
         Command::Eventlog(args) => eventlog::run(args),
+        Command::Measure(args) => measure::run(args),
     }
 }

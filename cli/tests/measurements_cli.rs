@@ -151,3 +151,89 @@ fn eventlog_explains_the_ccel_log_and_matches_its_quote() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("rtmr1: the log replays to"));
 }
+
+/// A PE image with headers only: enough for the Authenticode rules.
+fn minimal_pe() -> Vec<u8> {
+    let mut f = vec![0u8; 0x200];
+    f[0..2].copy_from_slice(b"MZ");
+    f[0x3c] = 0x80;
+    f[0x80..0x84].copy_from_slice(b"PE\0\0");
+    f[0x84 + 16] = 240;
+    f[0x98..0x9a].copy_from_slice(&0x20bu16.to_le_bytes());
+    f[0x98 + 60..0x98 + 64].copy_from_slice(&0x200u32.to_le_bytes());
+    f
+}
+
+#[test]
+fn measure_writes_registers_and_events_and_follows_the_cmdline() {
+    let ovmf = std::env::var("CLOISTER_OVMF")
+        .unwrap_or_else(|_| "/var/cache/cloister/ovmf/2025.02-8+deb13u1/OVMF.fd".to_owned());
+    if !std::path::Path::new(&ovmf).exists() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "run measurements/scripts/fetch-ovmf.sh"
+        );
+        eprintln!("SKIPPED: no {ovmf}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image");
+    std::fs::create_dir(&image).unwrap();
+    std::fs::write(image.join("vmlinuz"), minimal_pe()).unwrap();
+    std::fs::write(image.join("initramfs.cpio.zst"), vec![3u8; 10_000]).unwrap();
+    std::fs::write(image.join("cmdline"), "console=ttyS0\n").unwrap();
+    let acpi = dir.path().join("acpi");
+    std::fs::create_dir(&acpi).unwrap();
+    for (name, bytes) in [
+        ("table-loader", &b"loader"[..]),
+        ("rsdp", b"RSD PTR "),
+        ("tables", b"DSDT"),
+    ] {
+        std::fs::write(acpi.join(name), bytes).unwrap();
+    }
+    let events = dir.path().join("events.json");
+    std::fs::write(&events, r#"[{"name":"config","text":"x=1"}]"#).unwrap();
+    let run = |out: &std::path::Path| {
+        let o = cloister(&[
+            "measure",
+            "--image",
+            image.to_str().unwrap(),
+            "--ovmf",
+            &ovmf,
+            "--memory",
+            "4G",
+            "--cpus",
+            "2",
+            "--qemu",
+            "10.1",
+            "--acpi-tables",
+            acpi.to_str().unwrap(),
+            "--runtime-events",
+            events.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(out).unwrap()).unwrap()
+    };
+    let first = run(&dir.path().join("a.json"));
+    for key in ["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"] {
+        let v = first[key].as_str().unwrap();
+        assert_eq!(v.len(), 96, "{key}");
+        assert_eq!(v, v.to_lowercase());
+    }
+    assert_eq!(first["events"]["rtmr0"].as_array().unwrap().len(), 13);
+    assert_eq!(first["events"]["rtmr1"].as_array().unwrap().len(), 5);
+    assert_eq!(first["events"]["rtmr3"].as_array().unwrap().len(), 1);
+
+    std::fs::write(image.join("cmdline"), "console=ttyS0 quiet\n").unwrap();
+    let second = run(&dir.path().join("b.json"));
+    assert_ne!(first["rtmr2"], second["rtmr2"]);
+    for key in ["mrtd", "rtmr0", "rtmr1", "rtmr3"] {
+        assert_eq!(
+            first[key], second[key],
+            "{key} must not depend on the cmdline"
+        );
+    }
+}

@@ -8,10 +8,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod boot;
 pub mod eventlog;
 pub mod measurements;
+pub mod pe;
 pub mod quote;
 pub mod register;
+pub mod tdvf;
 
 pub use measurements::{Event, Measurements};
 pub use quote::{
