@@ -45,13 +45,14 @@ pub async fn supervisor_request(
     tokio::time::timeout(PART_TIMEOUT, exchange).await.ok()?
 }
 
-/// Services' health: `{"command":"status"}` answered by `{"services":[{"name":..,"state":..},..]}`.
+/// Services' health: `{"cmd":"list"}` answered by `{"ok":true,"services":[{"name":..,"state":..},..]}`
+/// (the supervisor's control protocol, docs/supervisor.md).
 pub async fn services(socket: &Path) -> Option<Vec<ServiceHealth>> {
-    let answer = supervisor_request(socket, &serde_json::json!({"command": "status"})).await?;
+    let answer = supervisor_request(socket, &serde_json::json!({"cmd": "list"})).await?;
     Some(parse_services(&answer))
 }
 
-/// Reads services from a status answer; tolerant of extra fields.
+/// Reads services from a `list` answer; tolerant of extra fields.
 pub fn parse_services(answer: &serde_json::Value) -> Vec<ServiceHealth> {
     let list = answer
         .get("services")
@@ -64,12 +65,11 @@ pub fn parse_services(answer: &serde_json::Value) -> Vec<ServiceHealth> {
             let name = object.get("name")?.as_str()?.to_owned();
             let state = object
                 .get("state")
-                .or_else(|| object.get("status"))
                 .map(value_text)
                 .unwrap_or_else(|| "unknown".to_owned());
             let details = object
                 .iter()
-                .filter(|(k, _)| *k != "name" && *k != "state" && *k != "status")
+                .filter(|(k, v)| *k != "name" && *k != "state" && !v.is_null())
                 .map(|(k, v)| (k.clone(), value_text(v)))
                 .collect();
             Some(ServiceHealth {
@@ -88,21 +88,30 @@ fn value_text(value: &serde_json::Value) -> String {
     }
 }
 
-/// The last log lines: `{"command":"logs","lines":N}` answered by `{"lines":["..",..]}`.
-pub async fn recent_logs(socket: &Path, lines: usize) -> Option<Vec<String>> {
-    let answer = supervisor_request(
-        socket,
-        &serde_json::json!({"command": "logs", "lines": lines}),
-    )
-    .await?;
-    let lines = answer.get("lines")?.as_array()?;
-    Some(
-        lines
-            .iter()
-            .map(value_text)
-            .take(lines.len().min(1000))
-            .collect(),
-    )
+/// The last log lines of each service: `{"cmd":"logs","service":..,"lines":N}` answered by
+/// `{"ok":true,"lines":[{"at_ms":..,"stream":..,"text":..},..]}`. Each line comes back as
+/// `service: text`.
+pub async fn recent_logs(
+    socket: &Path,
+    services: &[ServiceHealth],
+    lines: usize,
+) -> Option<Vec<String>> {
+    let mut all = Vec::new();
+    for service in services {
+        let answer = supervisor_request(
+            socket,
+            &serde_json::json!({"cmd": "logs", "service": service.name, "lines": lines}),
+        )
+        .await?;
+        for line in answer.get("lines")?.as_array()?.iter().take(lines) {
+            let text = line
+                .get("text")
+                .map(value_text)
+                .unwrap_or_else(|| value_text(line));
+            all.push(format!("{}: {text}", service.name));
+        }
+    }
+    Some(all)
 }
 
 /// One Prometheus sample.
@@ -189,8 +198,8 @@ mod tests {
 
     #[test]
     fn services_are_read_tolerantly() {
-        let answer = serde_json::json!({"services": [
-            {"name": "model-runner", "state": "running", "pid": 42, "restarts": 0},
+        let answer = serde_json::json!({"ok": true, "services": [
+            {"name": "model-runner", "state": "running", "pid": 42, "restarts": 0, "errno": null},
             {"name": "web-ui", "status": "ready"},
             {"state": "nameless"},
             "junk"
@@ -203,7 +212,8 @@ mod tests {
                 .details
                 .contains(&("pid".to_owned(), "42".to_owned()))
         );
-        assert_eq!(services[1].state, "ready");
+        assert_eq!(services[1].state, "unknown");
+        assert!(!services[0].details.iter().any(|(k, _)| k == "errno"));
     }
 
     #[tokio::test]
@@ -216,7 +226,7 @@ mod tests {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             BufReader::new(read).read_line(&mut line).await.unwrap();
-            assert!(line.contains("\"status\""));
+            assert_eq!(line.trim(), r#"{"cmd":"list"}"#);
             write
                 .write_all(b"{\"services\":[{\"name\":\"init\",\"state\":\"running\"}]}\n")
                 .await

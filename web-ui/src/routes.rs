@@ -475,16 +475,16 @@ async fn console_page(
         return Redirect::to("/").into_response();
     };
     let socket = state.settings.supervisor_socket.clone();
-    let (services, logs, metrics) = tokio::join!(
-        console::services(&socket),
-        console::recent_logs(&socket, 200),
-        async {
-            match &state.settings.model_metrics_url {
-                Some(url) => console::model_metrics(url).await,
-                None => None,
-            }
+    let (services, metrics) = tokio::join!(console::services(&socket), async {
+        match &state.settings.model_metrics_url {
+            Some(url) => console::model_metrics(url).await,
+            None => None,
         }
-    );
+    });
+    let logs = match &services {
+        Some(services) => console::recent_logs(&socket, services, 50).await,
+        None => None,
+    };
     let users: Vec<_> = state
         .store
         .users()

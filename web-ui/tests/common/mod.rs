@@ -1,0 +1,137 @@
+//! Helpers shared by web-ui's integration tests: a TLS client that accepts any certificate
+//! (the tests check the certificate themselves), raw HTTP over it, and a stand-in for the
+//! supervisor's control socket that answers `list` and `logs`.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+#[derive(Debug)]
+struct AcceptAnything;
+
+impl ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS client config that trusts anything, offering `alpn`.
+pub fn client_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// Connects with TLS to `address`, naming `sni`.
+pub async fn tls_connect(address: SocketAddr, sni: &str) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&[b"http/1.1"]));
+    connector
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// The leaf certificate the server presents for `sni`.
+pub async fn served_leaf(address: SocketAddr, sni: &str) -> Vec<u8> {
+    let stream = tls_connect(address, sni).await;
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// Sends raw bytes, then reads until the server closes or `wait` passes; returns what came.
+pub async fn exchange<S>(stream: &mut S, request: &[u8], wait: Duration) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    answer
+}
+
+/// The status code of an HTTP/1.1 answer, if it is one.
+pub fn status_of(answer: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(answer);
+    let line = text.lines().next()?;
+    line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// Answers the supervisor's control protocol (`list`, `logs`) on `path`, forever.
+pub fn spawn_supervisor_socket(path: &Path) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                if BufReader::new(read).read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let request: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let answer = match request["cmd"].as_str() {
+                    Some("list") => serde_json::json!({"ok": true, "services": [
+                        {"name": "model-runner", "state": "running", "pid": 41, "restarts": 0},
+                        {"name": "web-ui", "state": "running", "pid": 42, "restarts": 1},
+                    ]}),
+                    Some("logs") => serde_json::json!({"ok": true, "lines": [
+                        {"at_ms": 1, "stream": "stderr", "text": "listening on 127.0.0.1:8081"},
+                    ]}),
+                    _ => serde_json::json!({"ok": false, "error": "unknown command"}),
+                };
+                let mut bytes = serde_json::to_vec(&answer).unwrap();
+                bytes.push(b'\n');
+                let _ = write.write_all(&bytes).await;
+            })
+            .await
+            .ok();
+        }
+    })
+}
