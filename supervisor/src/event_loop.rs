@@ -8,12 +8,14 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
 use std::io::{IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::net::{
@@ -36,7 +38,7 @@ use crate::manifest::{
 };
 use crate::notify::{NOTIFY_DATAGRAM_MAX_BYTES, NotifyError, NotifyMessage, parse_datagram};
 use crate::policy::{ExitCause, StartLimit, restart_delay_ms};
-use crate::sys::{self, ChildSetup, ExitStatus};
+use crate::sys::{self, ChildSetup, ExitStatus, SpawnPlan};
 use crate::{
     Error, ServiceStopResult, ShutdownAction, ShutdownReport, StopOutcome, SupervisorConfig,
 };
@@ -535,45 +537,69 @@ impl Supervisor {
         let identity =
             crate::users::resolve(Path::new("/etc"), m.user.as_deref(), m.group.as_deref())
                 .map_err(std::io::Error::other)?;
-        let mut command = Command::new(&m.command);
-        command.args(&m.args).env_clear().env("PATH", SERVICE_PATH);
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), SERVICE_PATH.into());
         if let Some(id) = &identity {
             if let Some(name) = &id.name {
-                command.env("USER", name).env("LOGNAME", name);
+                env.insert("USER".into(), name.clone());
+                env.insert("LOGNAME".into(), name.clone());
             }
             if let Some(home) = &id.home {
-                command.env("HOME", home);
+                env.insert("HOME".into(), home.clone());
             }
         }
-        command.envs(&m.environment);
+        env.extend(m.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
         if !s.notify_env.is_empty() {
-            command.env("NOTIFY_SOCKET", &s.notify_env);
+            env.insert("NOTIFY_SOCKET".into(), s.notify_env.clone());
         }
         if s.watchdog_usec > 0 {
-            command.env("WATCHDOG_USEC", s.watchdog_usec.to_string());
+            env.insert("WATCHDOG_USEC".into(), s.watchdog_usec.to_string());
         }
-        command.current_dir(m.working_directory.as_deref().unwrap_or(Path::new("/")));
+        env.remove("WATCHDOG_PID");
+        let program = find_program(&m.command, &env["PATH"])?;
+        let argv = std::iter::once(m.command.as_str())
+            .chain(m.args.iter().map(String::as_str))
+            .map(c_string)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let envp = env
+            .iter()
+            .map(|(k, v)| c_string(&format!("{k}={v}")))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let cwd = m
+            .working_directory
+            .as_deref()
+            .unwrap_or(Path::new("/"))
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        let dev_null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
         let (out_read, out_write) = output_pipe()?;
         let (err_read, err_write) = output_pipe()?;
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out_write))
-            .stderr(Stdio::from(err_write));
-        let setup = ChildSetup {
-            limit_nofile: m.limit_nofile,
-            gid: identity.as_ref().map(|id| id.gid),
-            uid: identity
-                .as_ref()
-                .filter(|_| m.user.is_some())
-                .map(|id| id.uid),
-            cgroup_procs_fd: procs.as_ref().map(|f| f.as_raw_fd()),
-            kill_on_parent_death: !self.config.pid1,
+        let plan = SpawnPlan {
+            program: CString::new(program.as_os_str().as_bytes()).map_err(std::io::Error::other)?,
+            argv,
+            envp,
+            cwd: CString::new(cwd).map_err(std::io::Error::other)?,
+            watchdog_pid: s.watchdog_usec > 0,
+            stdio: [
+                dev_null.as_raw_fd(),
+                out_write.as_raw_fd(),
+                err_write.as_raw_fd(),
+            ],
+            setup: ChildSetup {
+                limit_nofile: m.limit_nofile,
+                gid: identity.as_ref().map(|id| id.gid),
+                uid: identity
+                    .as_ref()
+                    .filter(|_| m.user.is_some())
+                    .map(|id| id.uid),
+                cgroup_procs_fd: procs.as_ref().map(|f| f.as_raw_fd()),
+                kill_on_parent_death: !self.config.pid1,
+            },
         };
-        let child = sys::spawn(&mut command, setup)?;
-        drop(command); // closes our copies of the pipes' write ends
-        drop(procs);
-        let pid = i32::try_from(child.id()).map_err(std::io::Error::other)?;
-        drop(child); // reaped by our own loop, never by std
+        let pid = sys::spawn(&plan)?;
+        // Our copies of the child's ends close here.
+        drop((dev_null, out_write, err_write, procs));
         for (fd, stream) in [(out_read, Stream::Stdout), (err_read, Stream::Stderr)] {
             tokio::spawn(read_output(fd, i, pid, stream, self.input.clone()));
         }
@@ -1142,6 +1168,7 @@ impl Supervisor {
                 s.restart_after_stop = false;
             }
         }
+        self.advance_shutdown();
     }
 
     /// Stops each running service once nothing that depends on it is still running.
@@ -1217,6 +1244,32 @@ fn proc_stat(pid: i32) -> Option<(i32, i32, i32)> {
     let pgrp = fields.next()?.parse().ok()?;
     let session = fields.next()?.parse().ok()?;
     Some((ppid, pgrp, session))
+}
+
+fn c_string(text: &str) -> std::io::Result<CString> {
+    CString::new(text).map_err(|_| std::io::Error::other(format!("`{text}` holds a NUL byte")))
+}
+
+/// The program's absolute path: as given when it holds a `/`, else the first executable file
+/// of that name in `path` (a `PATH` list).
+fn find_program(command: &str, path: &str) -> std::io::Result<PathBuf> {
+    if command.contains('/') {
+        return Ok(PathBuf::from(command));
+    }
+    path.split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(command))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("`{command}` not found in PATH"),
+            )
+        })
 }
 
 /// A pipe for a service's output: (read end, non-blocking, for us; write end for the child).
