@@ -1,1 +1,14 @@
-//! An LLM engine on candle with a vLLM-style paged KV cache and continuous batching. It must never log prompts or completions.
+//! An LLM engine with a vLLM-style paged KV cache and continuous batching, speaking the
+//! OpenAI HTTP API over TCP and a Unix socket.
+//!
+//! It must never log prompts or completions: only counts, sizes and timings.
+#![deny(unsafe_code)]
+
+pub mod engine;
+pub mod gguf;
+pub mod kv;
+mod mmap;
+pub mod model;
+pub mod quant;
+pub mod sampling;
+pub mod tokenizer;

@@ -1,0 +1,770 @@
+//! The llama-family transformer: loading weights from GGUF and the forward pass over a flat
+//! varlen batch.
+//!
+//! One forward call takes any mix of sequences, each with some new tokens at some positions:
+//! a decode step is one token, a prefill chunk is many, a prefix-cache hit is a chunk that
+//! starts past position 0. Keys and values go through a [`KvAccess`], which is the paged
+//! cache in serving and a contiguous cache in the reference path used by tests; both share
+//! the same attention arithmetic, so their outputs are equal bit for bit.
+//!
+//! Every token's result depends only on its own sequence: matrix products are per row and
+//! per token, in a fixed order of additions. This module never sees text.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::gguf::{Gguf, GgufError, TensorInfo, Value};
+use crate::kv::{BlockId, KvShape, KvStore};
+use crate::mmap::MappedFile;
+use crate::quant::{Kernel, Q8_BLOCK, Q8Matrix, QuantError, dequantize, matmul_rows, quantize_row};
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// Longest context the engine serves, whatever the model claims (RoPE tables are built for it).
+pub const MAX_CONTEXT_TOKENS: usize = 32_768;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read the model file")]
+    Io(#[source] std::io::Error),
+    #[error("the model file is not valid GGUF")]
+    Gguf(#[source] GgufError),
+    #[error("architecture {0:?} is not supported (llama, mistral, qwen2 are)")]
+    UnsupportedArchitecture(String),
+    #[error("the model has no {0}")]
+    Missing(String),
+    #[error("tensor {name} has shape {dims:?}, expected {expected:?}")]
+    BadShape {
+        name: String,
+        dims: Vec<u64>,
+        expected: Vec<u64>,
+    },
+    #[error("tensor {name}")]
+    Quant {
+        name: String,
+        #[source]
+        source: QuantError,
+    },
+    #[error("the tokenizer")]
+    Tokenizer(#[source] TokenizerError),
+    #[error("token id {0} is outside the vocabulary")]
+    BadToken(u32),
+    #[error("position {0} is past the longest context served")]
+    TooLong(usize),
+}
+
+/// The shape of a llama-family model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    /// NeoX-style RoPE (rotate halves) instead of llama's interleaved pairs.
+    pub rope_neox: bool,
+    /// Longest context served: the model's, capped at [`MAX_CONTEXT_TOKENS`].
+    pub context: usize,
+}
+
+impl ModelConfig {
+    /// The shape of one cached token.
+    pub fn kv_shape(&self) -> KvShape {
+        KvShape {
+            layers: self.layers,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// Q, K and V stacked: heads*hd + 2*kv_heads*hd rows.
+    qkv: Q8Matrix,
+    qkv_bias: Option<Vec<f32>>,
+    wo: Q8Matrix,
+    ffn_norm: Vec<f32>,
+    /// Gate and up stacked: 2*ffn rows.
+    gate_up: Q8Matrix,
+    down: Q8Matrix,
+}
+
+/// A loaded model, ready to run.
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub kernel: Kernel,
+    embed: Q8Matrix,
+    /// None when the output projection is tied to the embedding.
+    output: Option<Q8Matrix>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    threads: rayon::ThreadPool,
+}
+
+/// A model file's parts: the model, its tokenizer and its name.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub model: std::sync::Arc<Model>,
+    pub tokenizer: std::sync::Arc<Tokenizer>,
+    pub name: String,
+}
+
+/// Buffers reused from one forward call to the next.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    big: Vec<f32>,
+    transposed: Vec<f32>,
+    act: Vec<f32>,
+    xq: Q8Matrix,
+}
+
+/// Where a forward pass keeps and reads keys and values.
+pub trait KvAccess: Sync + Send {
+    /// Stores token `token` (index in the flat batch)'s keys and values for `layer`.
+    fn write(&mut self, layer: usize, token: usize, k: &[f32], v: &[f32]);
+    /// Runs of (keys, values) for kv head `head` that token `token` attends to, in position
+    /// order, each `head_dim * n` long.
+    fn runs<'s>(
+        &'s self,
+        layer: usize,
+        token: usize,
+        head: usize,
+        out: &mut Vec<(&'s [f32], &'s [f32])>,
+    );
+}
+
+/// The paged cache seen by one flat batch.
+#[derive(Debug)]
+pub struct PagedKv<'a> {
+    pub store: &'a mut KvStore,
+    /// Per token of the batch: its position and its sequence's block table.
+    pub positions: &'a [usize],
+    pub tables: Vec<&'a [BlockId]>,
+}
+
+impl KvAccess for PagedKv<'_> {
+    fn write(&mut self, layer: usize, token: usize, k: &[f32], v: &[f32]) {
+        let bt = self.store.block_tokens;
+        let pos = self.positions[token];
+        let slot = self.tables[token][pos / bt] as usize * bt + pos % bt;
+        self.store.write(layer, slot, k, v);
+    }
+
+    fn runs<'s>(
+        &'s self,
+        layer: usize,
+        token: usize,
+        head: usize,
+        out: &mut Vec<(&'s [f32], &'s [f32])>,
+    ) {
+        let bt = self.store.block_tokens;
+        let ctx = self.positions[token] + 1;
+        for (i, &block) in self.tables[token].iter().enumerate() {
+            let start = i * bt;
+            if start >= ctx {
+                break;
+            }
+            out.push(self.store.head_run(layer, block, head, bt.min(ctx - start)));
+        }
+    }
+}
+
+/// A contiguous per-sequence cache for the reference path: `[layer][kv_head][position][hd]`.
+#[derive(Debug)]
+pub struct ContiguousKv {
+    shape: KvShape,
+    capacity: usize,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    positions: Vec<usize>,
+}
+
+impl ContiguousKv {
+    /// Room for `capacity` positions.
+    pub fn new(shape: KvShape, capacity: usize) -> ContiguousKv {
+        let n = shape.layers * shape.kv_heads * capacity * shape.head_dim;
+        ContiguousKv {
+            shape,
+            capacity,
+            keys: vec![0.0; n],
+            values: vec![0.0; n],
+            positions: Vec::new(),
+        }
+    }
+
+    /// Sets the positions of the next forward call's tokens.
+    pub fn set_positions(&mut self, positions: &[usize]) {
+        self.positions.clear();
+        self.positions.extend_from_slice(positions);
+    }
+
+    fn at(&self, layer: usize, head: usize, pos: usize) -> usize {
+        ((layer * self.shape.kv_heads + head) * self.capacity + pos) * self.shape.head_dim
+    }
+}
+
+impl KvAccess for ContiguousKv {
+    fn write(&mut self, layer: usize, token: usize, k: &[f32], v: &[f32]) {
+        let hd = self.shape.head_dim;
+        let pos = self.positions[token];
+        for h in 0..self.shape.kv_heads {
+            let at = self.at(layer, h, pos);
+            self.keys[at..at + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
+            self.values[at..at + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
+        }
+    }
+
+    fn runs<'s>(
+        &'s self,
+        layer: usize,
+        token: usize,
+        head: usize,
+        out: &mut Vec<(&'s [f32], &'s [f32])>,
+    ) {
+        let at = self.at(layer, head, 0);
+        let n = (self.positions[token] + 1) * self.shape.head_dim;
+        out.push((&self.keys[at..at + n], &self.values[at..at + n]));
+    }
+}
+
+fn meta_u64(g: &Gguf, key: &str) -> Result<u64, ModelError> {
+    g.get(key)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| ModelError::Missing(format!("metadata {key}")))
+}
+
+impl ModelConfig {
+    fn from_gguf(g: &Gguf) -> Result<ModelConfig, ModelError> {
+        let arch = g
+            .get("general.architecture")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ModelError::Missing("general.architecture".into()))?
+            .to_owned();
+        if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
+            return Err(ModelError::UnsupportedArchitecture(arch));
+        }
+        let k = |s: &str| format!("{arch}.{s}");
+        let hidden = meta_u64(g, &k("embedding_length"))? as usize;
+        let heads = meta_u64(g, &k("attention.head_count"))? as usize;
+        let kv_heads = g
+            .get(&k("attention.head_count_kv"))
+            .and_then(Value::as_u64)
+            .unwrap_or(heads as u64) as usize;
+        if heads == 0
+            || kv_heads == 0
+            || !hidden.is_multiple_of(heads)
+            || !heads.is_multiple_of(kv_heads)
+        {
+            return Err(ModelError::Missing("a consistent head count".into()));
+        }
+        let head_dim = hidden / heads;
+        let vocab = g
+            .get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .map(|a| a.len())
+            .ok_or_else(|| ModelError::Missing("tokenizer.ggml.tokens".into()))?;
+        let f = |key: &str, default: f64| g.get(key).and_then(Value::as_f64).unwrap_or(default);
+        Ok(ModelConfig {
+            layers: meta_u64(g, &k("block_count"))? as usize,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn: meta_u64(g, &k("feed_forward_length"))? as usize,
+            vocab,
+            rms_eps: f(&k("attention.layer_norm_rms_epsilon"), 1e-5) as f32,
+            rope_base: f(&k("rope.freq_base"), 10_000.0) as f32,
+            rope_neox: arch == "qwen2",
+            context: (meta_u64(g, &k("context_length")).unwrap_or(4096) as usize)
+                .clamp(1, MAX_CONTEXT_TOKENS),
+            architecture: arch,
+        })
+    }
+}
+
+struct TensorSource<'a> {
+    gguf: &'a Gguf,
+    bytes: &'a [u8],
+}
+
+impl TensorSource<'_> {
+    fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
+        self.gguf
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::Missing(format!("tensor {name}")))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.gguf.tensors.contains_key(name)
+    }
+
+    fn check(&self, name: &str, expected: &[u64]) -> Result<&TensorInfo, ModelError> {
+        let info = self.info(name)?;
+        if info.dims != expected {
+            return Err(ModelError::BadShape {
+                name: name.into(),
+                dims: info.dims.clone(),
+                expected: expected.to_vec(),
+            });
+        }
+        Ok(info)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let info = self.check(name, &[len as u64])?;
+        let mut out = vec![0.0; len];
+        dequantize(
+            info.kind,
+            &self.bytes[info.offset..info.offset + info.size],
+            &mut out,
+        )
+        .map_err(|source| ModelError::Quant {
+            name: name.into(),
+            source,
+        })?;
+        Ok(out)
+    }
+
+    /// Appends the rows of matrix `name` ([rows][cols]) to `dst`, requantized to Q8.
+    fn append_rows(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        dst: &mut Q8Matrix,
+        at_row: usize,
+    ) -> Result<(), ModelError> {
+        let info = self.check(name, &[cols as u64, rows as u64])?;
+        let (per_block, block_bytes) =
+            info.kind.block_layout().ok_or_else(|| ModelError::Quant {
+                name: name.into(),
+                source: QuantError::Unsupported(info.kind),
+            })?;
+        let row_bytes = cols / per_block as usize * block_bytes as usize;
+        let data = &self.bytes[info.offset..info.offset + info.size];
+        let kind = info.kind;
+        let q = &mut dst.quants[at_row * cols..(at_row + rows) * cols];
+        let s = &mut dst.scales[at_row * cols / Q8_BLOCK..(at_row + rows) * cols / Q8_BLOCK];
+        q.par_chunks_mut(cols)
+            .zip(s.par_chunks_mut(cols / Q8_BLOCK))
+            .enumerate()
+            .try_for_each_init(
+                || vec![0.0f32; cols],
+                |buf, (r, (qr, sr))| {
+                    dequantize(kind, &data[r * row_bytes..(r + 1) * row_bytes], buf)?;
+                    quantize_row(buf, qr, sr);
+                    Ok(())
+                },
+            )
+            .map_err(|source| ModelError::Quant {
+                name: name.into(),
+                source,
+            })
+    }
+
+    fn matrix(&self, parts: &[(&str, usize)], cols: usize) -> Result<Q8Matrix, ModelError> {
+        let rows = parts.iter().map(|p| p.1).sum();
+        let mut m = Q8Matrix::with_shape(rows, cols).map_err(|source| ModelError::Quant {
+            name: parts[0].0.into(),
+            source,
+        })?;
+        let mut at = 0;
+        for &(name, r) in parts {
+            self.append_rows(name, r, cols, &mut m, at)?;
+            at += r;
+        }
+        Ok(m)
+    }
+}
+
+impl Model {
+    /// Loads a GGUF model file with `threads` compute threads.
+    pub fn load(path: &Path, threads: usize) -> Result<LoadedModel, ModelError> {
+        let file = MappedFile::open(path).map_err(ModelError::Io)?;
+        let gguf = Gguf::parse(file.bytes()).map_err(ModelError::Gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf).map_err(ModelError::Tokenizer)?;
+        let config = ModelConfig::from_gguf(&gguf)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("compute-{i}"))
+            .build()
+            .map_err(|e| ModelError::Io(std::io::Error::other(e)))?;
+        let src = TensorSource {
+            gguf: &gguf,
+            bytes: file.bytes(),
+        };
+        let model = pool.install(|| Model::from_tensors(&src, config))?;
+        let model = Model {
+            threads: pool,
+            ..model
+        };
+        let name = gguf
+            .get("general.name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+        Ok(LoadedModel {
+            model: std::sync::Arc::new(model),
+            tokenizer: std::sync::Arc::new(tokenizer),
+            name,
+        })
+    }
+
+    fn from_tensors(src: &TensorSource, c: ModelConfig) -> Result<Model, ModelError> {
+        let (d, hd) = (c.hidden, c.head_dim);
+        let q_rows = c.heads * hd;
+        let kv_rows = c.kv_heads * hd;
+        let mut layers = Vec::with_capacity(c.layers);
+        for l in 0..c.layers {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            let qkv = src.matrix(
+                &[
+                    (&n("attn_q.weight"), q_rows),
+                    (&n("attn_k.weight"), kv_rows),
+                    (&n("attn_v.weight"), kv_rows),
+                ],
+                d,
+            )?;
+            let qkv_bias = if src.has(&n("attn_q.bias")) {
+                let mut b = src.vector(&n("attn_q.bias"), q_rows)?;
+                b.extend(src.vector(&n("attn_k.bias"), kv_rows)?);
+                b.extend(src.vector(&n("attn_v.bias"), kv_rows)?);
+                Some(b)
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn_norm: src.vector(&n("attn_norm.weight"), d)?,
+                qkv,
+                qkv_bias,
+                wo: src.matrix(&[(&n("attn_output.weight"), d)], q_rows)?,
+                ffn_norm: src.vector(&n("ffn_norm.weight"), d)?,
+                gate_up: src.matrix(
+                    &[(&n("ffn_gate.weight"), c.ffn), (&n("ffn_up.weight"), c.ffn)],
+                    d,
+                )?,
+                down: src.matrix(&[(&n("ffn_down.weight"), d)], c.ffn)?,
+            });
+        }
+        let embed = src.matrix(&[("token_embd.weight", c.vocab)], d)?;
+        let output = if src.has("output.weight") {
+            Some(src.matrix(&[("output.weight", c.vocab)], d)?)
+        } else {
+            None
+        };
+        let half = hd / 2;
+        let mut rope_cos = vec![0.0; c.context * half];
+        let mut rope_sin = vec![0.0; c.context * half];
+        for p in 0..c.context {
+            for i in 0..half {
+                let freq = (c.rope_base as f64).powf(-2.0 * i as f64 / hd as f64);
+                let angle = p as f64 * freq;
+                rope_cos[p * half + i] = angle.cos() as f32;
+                rope_sin[p * half + i] = angle.sin() as f32;
+            }
+        }
+        Ok(Model {
+            kernel: Kernel::detect(),
+            output_norm: src.vector("output_norm.weight", d)?,
+            config: c,
+            embed,
+            output,
+            layers,
+            rope_cos,
+            rope_sin,
+            // Replaced by the caller with the pool it built.
+            threads: rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .map_err(|e| ModelError::Io(std::io::Error::other(e)))?,
+        })
+    }
+
+    /// Compute threads in use.
+    pub fn threads(&self) -> usize {
+        self.threads.current_num_threads()
+    }
+
+    /// Runs `tokens` at `positions` through the model, storing their keys and values
+    /// through `kv`, and returns the logits of the tokens listed in `logit_rows`
+    /// (`logit_rows.len() * vocab` values).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        kv: &mut dyn KvAccess,
+        logit_rows: &[usize],
+        s: &mut Scratch,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        for &t in tokens {
+            if t as usize >= c.vocab {
+                return Err(ModelError::BadToken(t));
+            }
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p >= c.context) {
+            return Err(ModelError::TooLong(p));
+        }
+        self.threads
+            .install(|| self.forward_inner(tokens, positions, kv, logit_rows, s))
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        kv: &mut dyn KvAccess,
+        logit_rows: &[usize],
+        s: &mut Scratch,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let (n, d, hd) = (tokens.len(), c.hidden, c.head_dim);
+        let q_width = c.heads * hd;
+        let kv_width = c.kv_heads * hd;
+        let qkv_width = q_width + 2 * kv_width;
+        s.x.resize(n * d, 0.0);
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.embed
+                .row_f32(tok as usize, &mut s.x[t * d..(t + 1) * d]);
+        }
+        if s.xq.cols == 0 {
+            s.xq = Q8Matrix::with_shape(0, d).map_err(|source| ModelError::Quant {
+                name: "activations".into(),
+                source,
+            })?;
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Attention.
+            rms_norm(&s.x, &layer.attn_norm, c.rms_eps, d, &mut s.h);
+            self.matmul(
+                &layer.qkv,
+                &s.h,
+                d,
+                n,
+                &mut s.qkv,
+                &mut s.xq,
+                &mut s.transposed,
+            );
+            if let Some(b) = &layer.qkv_bias {
+                for row in s.qkv.chunks_exact_mut(qkv_width) {
+                    row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                }
+            }
+            for (t, row) in s.qkv.chunks_exact_mut(qkv_width).enumerate() {
+                let p = positions[t];
+                let (q, rest) = row.split_at_mut(q_width);
+                self.rope(q, p);
+                self.rope(&mut rest[..kv_width], p);
+            }
+            for (t, row) in s.qkv.chunks_exact(qkv_width).enumerate() {
+                kv.write(
+                    l,
+                    t,
+                    &row[q_width..q_width + kv_width],
+                    &row[q_width + kv_width..],
+                );
+            }
+            s.attn.resize(n * q_width, 0.0);
+            let kv_ref: &dyn KvAccess = &*kv;
+            let group = c.heads / c.kv_heads;
+            let scale = 1.0 / (hd as f32).sqrt();
+            let qkv = &s.qkv;
+            s.attn.par_chunks_mut(hd).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(runs, scores), (i, out)| {
+                    let (t, head) = (i / c.heads, i % c.heads);
+                    let q = &qkv[t * qkv_width + head * hd..t * qkv_width + (head + 1) * hd];
+                    runs.clear();
+                    kv_ref.runs(l, t, head / group, runs);
+                    attend(q, scale, runs, scores, out);
+                },
+            );
+            self.matmul(
+                &layer.wo,
+                &s.attn,
+                q_width,
+                n,
+                &mut s.big,
+                &mut s.xq,
+                &mut s.transposed,
+            );
+            s.x.iter_mut().zip(&s.big).for_each(|(x, o)| *x += o);
+            // Feed-forward.
+            rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, d, &mut s.h);
+            self.matmul(
+                &layer.gate_up,
+                &s.h,
+                d,
+                n,
+                &mut s.big,
+                &mut s.xq,
+                &mut s.transposed,
+            );
+            s.act.resize(n * c.ffn, 0.0);
+            for (row, out) in s
+                .big
+                .chunks_exact(2 * c.ffn)
+                .zip(s.act.chunks_exact_mut(c.ffn))
+            {
+                let (g, u) = row.split_at(c.ffn);
+                for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            self.matmul(
+                &layer.down,
+                &s.act,
+                c.ffn,
+                n,
+                &mut s.big,
+                &mut s.xq,
+                &mut s.transposed,
+            );
+            s.x.iter_mut().zip(&s.big).for_each(|(x, o)| *x += o);
+        }
+        // Only the rows that need logits go through the (large) output projection.
+        let mut last = Vec::with_capacity(logit_rows.len() * d);
+        for &r in logit_rows {
+            last.extend_from_slice(&s.x[r * d..(r + 1) * d]);
+        }
+        rms_norm(&last, &self.output_norm, c.rms_eps, d, &mut s.h);
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        let mut logits = Vec::new();
+        self.matmul(
+            head,
+            &s.h,
+            d,
+            logit_rows.len(),
+            &mut logits,
+            &mut s.xq,
+            &mut s.transposed,
+        );
+        Ok(logits)
+    }
+
+    /// `out[t][j] = sum_k w[j][k] * x[t][k]`, split across threads by rows of `w`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        w: &Q8Matrix,
+        x: &[f32],
+        cols: usize,
+        tokens: usize,
+        out: &mut Vec<f32>,
+        xq: &mut Q8Matrix,
+        transposed: &mut Vec<f32>,
+    ) {
+        if xq.cols != cols {
+            xq.cols = cols;
+        }
+        xq.quantize_from(x, tokens);
+        transposed.resize(w.rows * tokens, 0.0);
+        out.resize(w.rows * tokens, 0.0);
+        if tokens == 0 {
+            return;
+        }
+        let threads = self.threads.current_num_threads();
+        // Rows per task: a multiple of 4, about 4 tasks per thread for balance.
+        let rows_per_task = (w.rows.div_ceil(threads * 4)).div_ceil(4) * 4;
+        let kernel = self.kernel;
+        let xq = &*xq;
+        transposed
+            .par_chunks_mut(rows_per_task * tokens)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let start = i * rows_per_task;
+                let end = (start + rows_per_task).min(w.rows);
+                matmul_rows(kernel, w, xq, start..end, chunk);
+            });
+        for j in 0..w.rows {
+            for t in 0..tokens {
+                out[t * w.rows + j] = transposed[j * tokens + t];
+            }
+        }
+    }
+
+    fn rope(&self, x: &mut [f32], pos: usize) {
+        let hd = self.config.head_dim;
+        let half = hd / 2;
+        let cos = &self.rope_cos[pos * half..(pos + 1) * half];
+        let sin = &self.rope_sin[pos * half..(pos + 1) * half];
+        for head in x.chunks_exact_mut(hd) {
+            for i in 0..half {
+                let (a, b) = if self.config.rope_neox {
+                    (i, i + half)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos[i] - x1 * sin[i];
+                head[b] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+    }
+}
+
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, d: usize, out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+/// Scaled dot-product attention of one query head over runs of cached keys and values, in
+/// position order. The paged and contiguous paths both end here, so they agree exactly.
+fn attend(
+    q: &[f32],
+    scale: f32,
+    runs: &[(&[f32], &[f32])],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    scores.clear();
+    for (keys, _) in runs {
+        for k in keys.chunks_exact(hd) {
+            let s: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+            scores.push(s * scale);
+        }
+    }
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    out.fill(0.0);
+    let mut i = 0;
+    for (_, values) in runs {
+        for v in values.chunks_exact(hd) {
+            let w = scores[i] * inv;
+            out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+            i += 1;
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! Weight formats: turning GGUF's quantized blocks into f32, and the engine's own 8-bit
+//! layout with the dot-product kernels that run on it.
+//!
+//! At load every matrix is requantized to [`Q8Matrix`] (blocks of 32 signed bytes with one
+//! f32 scale), and activations are quantized the same way just before each matrix multiply.
+//! The dot product of two such rows is then integer work, which AVX2 does 32 lanes at a time.
+//! The kernel is chosen once at run time from the CPU's features; the binary is never built
+//! for a specific CPU. A given row's dot product always takes the same path and the same
+//! order of additions, whatever the batch around it: batching must never change a result.
+//! The SIMD kernels are the only `unsafe` code here, each call guarded by feature detection.
+#![allow(unsafe_code)]
+
+use crate::gguf::TensorType;
+
+/// Elements per block of the engine's 8-bit layout.
+pub const Q8_BLOCK: usize = 32;
+
+/// Why a tensor could not be turned into numbers.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QuantError {
+    #[error("tensor type {0:?} is not supported")]
+    Unsupported(TensorType),
+    #[error("row length {0} is not a multiple of the block size")]
+    BadRowLength(usize),
+}
+
+/// Converts an IEEE half-precision value to f32.
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let mant = u32::from(h & 0x3ff);
+    let bits = match (exp, mant) {
+        (0, 0) => sign,
+        (0, _) => {
+            // Subnormal: normalise the mantissa.
+            let mut e = 127 - 15 + 1;
+            let mut m = mant;
+            while m & 0x400 == 0 {
+                m <<= 1;
+                e -= 1;
+            }
+            sign | (e << 23) | ((m & 0x3ff) << 13)
+        }
+        (0x1f, _) => sign | 0x7f80_0000 | (mant << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (mant << 13),
+    };
+    f32::from_bits(bits)
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// Dequantizes `out.len()` elements of type `kind` from `bytes` into `out`.
+/// `bytes` must hold exactly those elements (the caller sliced one row).
+pub fn dequantize(kind: TensorType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
+    let (per_block, block_bytes) = kind.block_layout().ok_or(QuantError::Unsupported(kind))?;
+    let (per_block, block_bytes) = (per_block as usize, block_bytes as usize);
+    if !out.len().is_multiple_of(per_block) || bytes.len() != out.len() / per_block * block_bytes {
+        return Err(QuantError::BadRowLength(out.len()));
+    }
+    for (b, y) in bytes
+        .chunks_exact(block_bytes)
+        .zip(out.chunks_exact_mut(per_block))
+    {
+        match kind {
+            TensorType::F32 => y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            TensorType::F16 => y[0] = f16_at(b, 0),
+            TensorType::Q4_0 => {
+                let d = f16_at(b, 0);
+                for i in 0..16 {
+                    y[i] = (f32::from(b[2 + i] & 0xf) - 8.0) * d;
+                    y[i + 16] = (f32::from(b[2 + i] >> 4) - 8.0) * d;
+                }
+            }
+            TensorType::Q4_1 => {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                for i in 0..16 {
+                    y[i] = f32::from(b[4 + i] & 0xf) * d + m;
+                    y[i + 16] = f32::from(b[4 + i] >> 4) * d + m;
+                }
+            }
+            TensorType::Q8_0 => {
+                let d = f16_at(b, 0);
+                for i in 0..32 {
+                    y[i] = f32::from(b[2 + i] as i8) * d;
+                }
+            }
+            TensorType::Q4K => dequantize_q4k(b, y),
+            TensorType::Q6K => dequantize_q6k(b, y),
+            TensorType::Other(_) => return Err(QuantError::Unsupported(kind)),
+        }
+    }
+    Ok(())
+}
+
+/// Q4_K: 256 elements in 8 groups of 32, each group with a 6-bit scale and a 6-bit minimum
+/// packed into 12 bytes, under one f16 super-scale and one f16 super-minimum.
+fn dequantize_q4k(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let dmin = f16_at(b, 2);
+    let scales = &b[4..16];
+    let qs = &b[16..144];
+    let scale_min = |j: usize| -> (f32, f32) {
+        let (sc, m) = if j < 4 {
+            (scales[j] & 63, scales[j + 4] & 63)
+        } else {
+            (
+                (scales[j + 4] & 0xf) | ((scales[j - 4] >> 6) << 4),
+                (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+            )
+        };
+        (f32::from(sc), f32::from(m))
+    };
+    for chunk in 0..4 {
+        let (s1, m1) = scale_min(2 * chunk);
+        let (s2, m2) = scale_min(2 * chunk + 1);
+        let q = &qs[32 * chunk..32 * chunk + 32];
+        let out = &mut y[64 * chunk..64 * chunk + 64];
+        for l in 0..32 {
+            out[l] = d * s1 * f32::from(q[l] & 0xf) - dmin * m1;
+            out[l + 32] = d * s2 * f32::from(q[l] >> 4) - dmin * m2;
+        }
+    }
+}
+
+/// Q6_K: 256 elements of 6 bits (low 4 bits in `ql`, high 2 in `qh`), 16 signed 8-bit
+/// scales, one f16 super-scale at the end.
+fn dequantize_q6k(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 208);
+    for half in 0..2 {
+        let ql = &b[64 * half..64 * half + 64];
+        let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+        let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+        let out = &mut y[128 * half..128 * half + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = i32::from((ql[l] & 0xf) | ((qh[l] & 3) << 4)) - 32;
+            let q2 = i32::from((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            let q3 = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            let q4 = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            let s = |k: usize| f32::from(sc[k] as i8);
+            out[l] = d * s(is) * q1 as f32;
+            out[l + 32] = d * s(is + 2) * q2 as f32;
+            out[l + 64] = d * s(is + 4) * q3 as f32;
+            out[l + 96] = d * s(is + 6) * q4 as f32;
+        }
+    }
+}
+
+/// Rows of values in the engine's 8-bit layout: each row is `cols / 32` blocks, each block
+/// 32 signed bytes in [-127, 127] and one f32 scale.
+#[derive(Debug, Clone, Default)]
+pub struct Q8Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    /// `rows * cols` quantized values, row-major.
+    pub quants: Vec<i8>,
+    /// `rows * cols / 32` scales, row-major.
+    pub scales: Vec<f32>,
+}
+
+impl Q8Matrix {
+    /// An empty matrix with room for `rows` x `cols`.
+    pub fn with_shape(rows: usize, cols: usize) -> Result<Q8Matrix, QuantError> {
+        if !cols.is_multiple_of(Q8_BLOCK) {
+            return Err(QuantError::BadRowLength(cols));
+        }
+        Ok(Q8Matrix {
+            rows,
+            cols,
+            quants: vec![0; rows * cols],
+            scales: vec![0.0; rows * cols / Q8_BLOCK],
+        })
+    }
+
+    /// Reshapes for `rows` rows, keeping the allocation when it is big enough.
+    pub fn resize_rows(&mut self, rows: usize) {
+        self.rows = rows;
+        self.quants.resize(rows * self.cols, 0);
+        self.scales.resize(rows * self.cols / Q8_BLOCK, 0.0);
+    }
+
+    /// Quantizes row `row` from `x` (length `cols`).
+    pub fn set_row(&mut self, row: usize, x: &[f32]) {
+        let cols = self.cols;
+        quantize_row(
+            x,
+            &mut self.quants[row * cols..(row + 1) * cols],
+            &mut self.scales[row * cols / Q8_BLOCK..(row + 1) * cols / Q8_BLOCK],
+        );
+    }
+
+    /// Quantizes every row of `x` (`rows * cols` values, row-major) into this matrix.
+    pub fn quantize_from(&mut self, x: &[f32], rows: usize) {
+        self.resize_rows(rows);
+        for r in 0..rows {
+            self.set_row(r, &x[r * self.cols..(r + 1) * self.cols]);
+        }
+    }
+
+    /// Row `r`'s quantized values and scales.
+    pub fn row(&self, r: usize) -> (&[i8], &[f32]) {
+        let c = self.cols;
+        (
+            &self.quants[r * c..(r + 1) * c],
+            &self.scales[r * c / Q8_BLOCK..(r + 1) * c / Q8_BLOCK],
+        )
+    }
+
+    /// Dequantizes row `r` into `out`.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let (q, s) = self.row(r);
+        for ((ob, qb), &d) in out
+            .chunks_exact_mut(Q8_BLOCK)
+            .zip(q.chunks_exact(Q8_BLOCK))
+            .zip(s)
+        {
+            for (o, &v) in ob.iter_mut().zip(qb) {
+                *o = f32::from(v) * d;
+            }
+        }
+    }
+}
+
+/// Quantizes one row `x` into 8-bit values `q` and per-block scales `s`.
+pub fn quantize_row(x: &[f32], q: &mut [i8], s: &mut [f32]) {
+    for ((xb, qb), sb) in x
+        .chunks_exact(Q8_BLOCK)
+        .zip(q.chunks_exact_mut(Q8_BLOCK))
+        .zip(s.iter_mut())
+    {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        for (qv, &xv) in qb.iter_mut().zip(xb) {
+            *qv = (xv * inv).round().clamp(-127.0, 127.0) as i8;
+        }
+        *sb = d;
+    }
+}
+
+/// The dot-product kernel chosen for this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs, detected at run time. `CLOISTER_KERNEL=portable`
+    /// forces the portable one (to compare, or to rule a SIMD kernel out).
+    pub fn detect() -> Kernel {
+        if std::env::var("CLOISTER_KERNEL").is_ok_and(|v| v == "portable") {
+            return Kernel::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+}
+
+/// Dot products of weight rows `rows` with every token row of `x`, written transposed:
+/// `out[(j - rows.start) * x.rows + t] = dot(w row j, x row t)`. Threads each take a
+/// disjoint range of rows, so each owns a contiguous piece of `out`.
+pub fn matmul_rows(
+    kernel: Kernel,
+    w: &Q8Matrix,
+    x: &Q8Matrix,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    debug_assert_eq!(w.cols, x.cols);
+    let tokens = x.rows;
+    // Four weight rows at a time, so each activation block is loaded once for four dots.
+    let mut j = rows.start;
+    while j + 4 <= rows.end {
+        let base = (j - rows.start) * tokens;
+        for t in 0..tokens {
+            let d = dot4(
+                kernel,
+                [w.row(j), w.row(j + 1), w.row(j + 2), w.row(j + 3)],
+                x.row(t),
+            );
+            for (k, v) in d.into_iter().enumerate() {
+                out[base + k * tokens + t] = v;
+            }
+        }
+        j += 4;
+    }
+    while j < rows.end {
+        let base = (j - rows.start) * tokens;
+        for t in 0..tokens {
+            out[base + t] = dot(kernel, w.row(j), x.row(t));
+        }
+        j += 1;
+    }
+}
+
+/// One dot product of two quantized rows.
+pub fn dot(kernel: Kernel, a: (&[i8], &[f32]), b: (&[i8], &[f32])) -> f32 {
+    match kernel {
+        Kernel::Portable => dot_portable(a, b),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
+        Kernel::Avx2 => unsafe { avx2::dot(a, b) },
+    }
+}
+
+fn dot4(kernel: Kernel, a: [(&[i8], &[f32]); 4], b: (&[i8], &[f32])) -> [f32; 4] {
+    match kernel {
+        Kernel::Portable => a.map(|r| dot_portable(r, b)),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
+        Kernel::Avx2 => unsafe { avx2::dot4(a, b) },
+    }
+}
+
+fn dot_portable(a: (&[i8], &[f32]), b: (&[i8], &[f32])) -> f32 {
+    let mut acc = 0.0f32;
+    for ((qa, qb), (&sa, &sb)) in
+        a.0.chunks_exact(Q8_BLOCK)
+            .zip(b.0.chunks_exact(Q8_BLOCK))
+            .zip(a.1.iter().zip(b.1))
+    {
+        let s: i32 = qa
+            .iter()
+            .zip(qb)
+            .map(|(&x, &y)| i32::from(x) * i32::from(y))
+            .sum();
+        acc += s as f32 * (sa * sb);
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! AVX2 + FMA kernels. Every function here requires both features; callers check.
+    use std::arch::x86_64::*;
+
+    use super::Q8_BLOCK;
+
+    /// Integer dot of one 32-byte block pair, as 8 lanes of i32 converted to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block(a: *const i8, b: *const i8) -> __m256 {
+        // SAFETY: the caller passes pointers to 32 readable bytes each.
+        let (va, vb) = unsafe {
+            (
+                _mm256_loadu_si256(a as *const __m256i),
+                _mm256_loadu_si256(b as *const __m256i),
+            )
+        };
+        // maddubs wants unsigned x signed: move a's sign onto b. Values lie in [-127, 127],
+        // so the pairwise i16 sums (at most 2 * 127 * 127) never saturate.
+        let abs_a = _mm256_sign_epi8(va, va);
+        let signed_b = _mm256_sign_epi8(vb, va);
+        let pairs = _mm256_maddubs_epi16(abs_a, signed_b);
+        let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        _mm256_cvtepi32_ps(quads)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot(a: (&[i8], &[f32]), b: (&[i8], &[f32])) -> f32 {
+        let blocks = a.1.len().min(b.1.len());
+        let mut acc = _mm256_setzero_ps();
+        for i in 0..blocks {
+            // SAFETY: both rows hold `blocks * 32` bytes.
+            let p = unsafe {
+                block(
+                    a.0.as_ptr().add(i * Q8_BLOCK),
+                    b.0.as_ptr().add(i * Q8_BLOCK),
+                )
+            };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(a.1[i] * b.1[i]), p, acc);
+        }
+        // SAFETY: AVX2 is enabled in this function.
+        unsafe { hsum(acc) }
+    }
+
+    /// Four dots sharing one right-hand row; each equals `dot(a[k], b)` exactly, since
+    /// every lane sees the same operations in the same order.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot4(a: [(&[i8], &[f32]); 4], b: (&[i8], &[f32])) -> [f32; 4] {
+        let blocks = b.1.len();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in 0..blocks {
+            let pb = b.0[i * Q8_BLOCK..].as_ptr();
+            for k in 0..4 {
+                // SAFETY: every row holds `blocks * 32` bytes.
+                let p = unsafe { block(a[k].0.as_ptr().add(i * Q8_BLOCK), pb) };
+                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(a[k].1[i] * b.1[i]), p, acc[k]);
+            }
+        }
+        // SAFETY: AVX2 is enabled in this function.
+        acc.map(|v| unsafe { hsum(v) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_matches_known_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+
+    #[test]
+    fn q4_1_dequantizes_with_scale_and_minimum() {
+        let mut b = vec![0u8; 20];
+        b[0..2].copy_from_slice(&0x4000u16.to_le_bytes()); // d = 2
+        b[2..4].copy_from_slice(&0xbc00u16.to_le_bytes()); // m = -1
+        b[4] = 0x31; // element 0 = 1, element 16 = 3
+        let mut y = [0.0f32; 32];
+        dequantize(TensorType::Q4_1, &b, &mut y).unwrap();
+        assert_eq!(y[0], 1.0);
+        assert_eq!(y[16], 5.0);
+        assert_eq!(y[1], -1.0);
+    }
+
+    #[test]
+    fn a_wrong_length_is_an_error() {
+        let mut y = [0.0f32; 32];
+        assert_eq!(
+            dequantize(TensorType::Q8_0, &[0u8; 33], &mut y),
+            Err(QuantError::BadRowLength(32))
+        );
+    }
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn q8_dot_is_close_to_the_float_dot_on_every_kernel() {
+        let cols = 576;
+        let a = pseudo_random(cols * 5, 1);
+        let b = pseudo_random(cols, 2);
+        let mut w = Q8Matrix::with_shape(5, cols).unwrap();
+        w.quantize_from(&a, 5);
+        let mut x = Q8Matrix::with_shape(1, cols).unwrap();
+        x.quantize_from(&b, 1);
+        let mut kernels = vec![Kernel::Portable];
+        if Kernel::detect() != Kernel::Portable {
+            kernels.push(Kernel::detect());
+        }
+        for kernel in kernels {
+            let mut out = vec![0.0; 5];
+            matmul_rows(kernel, &w, &x, 0..5, &mut out);
+            for r in 0..5 {
+                let exact: f32 = a[r * cols..(r + 1) * cols]
+                    .iter()
+                    .zip(&b)
+                    .map(|(p, q)| p * q)
+                    .sum();
+                assert!(
+                    (out[r] - exact).abs() < 0.05,
+                    "{kernel:?} row {r}: {} vs {exact}",
+                    out[r]
+                );
+                // The 4-row path and the 1-row path agree exactly.
+                assert_eq!(out[r], dot(kernel, w.row(r), x.row(0)));
+            }
+        }
+    }
+}
