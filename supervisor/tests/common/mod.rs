@@ -210,6 +210,15 @@ pub fn fds_and_rss_kib(pid: u32) -> (usize, u64) {
 
 /// Children of `pid` that are zombies.
 pub fn zombie_children(pid: u32) -> Vec<u32> {
+    children(pid)
+        .into_iter()
+        .filter(|(_, state)| state == "Z")
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Children of `pid`, with their state letter.
+pub fn children(pid: u32) -> Vec<(u32, String)> {
     let mut zombies = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -224,8 +233,8 @@ pub fn zombie_children(pid: u32) -> Vec<u32> {
         let mut fields = rest.split_whitespace();
         let state = fields.next().unwrap_or("");
         let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == pid && state == "Z" {
-            zombies.push(child);
+        if ppid == pid {
+            zombies.push((child, state.to_owned()));
         }
     }
     zombies
