@@ -10,6 +10,8 @@
 
 pub mod boot;
 pub mod eventlog;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod measurements;
 pub mod pe;
 pub mod quote;
