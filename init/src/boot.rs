@@ -107,6 +107,9 @@ where
     }
     mark_phase(system, "network_done");
 
+    if let Err(error) = system.disable_ctrl_alt_del() {
+        tracing::warn!("cannot route Ctrl-Alt-Del to the supervisor: {error}");
+    }
     mark_phase(system, "supervisor_start");
     let action = run_supervisor();
     BootOutcome {
@@ -156,6 +159,7 @@ mod tests {
                     .any(|c| matches!(c, Call::Mount(r) if r.fstype == "configfs"))
             );
             assert!(calls.contains(&Call::SetHostname("cloister".into())));
+            assert!(calls.contains(&Call::DisableCtrlAltDel));
             PowerAction::Reboot
         });
         assert!(outcome.supervisor_ran);

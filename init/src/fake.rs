@@ -55,6 +55,7 @@ pub enum Call {
     Signal(ShutdownSignal),
     Sync,
     Reboot(PowerAction),
+    DisableCtrlAltDel,
 }
 
 /// How a fake DHCP server answers one client datagram: the replies it sends back.
@@ -424,6 +425,10 @@ impl System for FakeSystem {
     }
     fn sync(&self) {
         self.record(Call::Sync);
+    }
+    fn disable_ctrl_alt_del(&self) -> io::Result<()> {
+        self.record(Call::DisableCtrlAltDel);
+        Ok(())
     }
     fn reboot(&self, action: PowerAction) -> io::Result<()> {
         self.record(Call::Reboot(action));

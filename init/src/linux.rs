@@ -482,6 +482,12 @@ impl System for LinuxSystem {
         rustix::fs::sync();
     }
 
+    fn disable_ctrl_alt_del(&self) -> io::Result<()> {
+        Ok(rustix::system::reboot(
+            rustix::system::RebootCommand::CadOff,
+        )?)
+    }
+
     fn reboot(&self, action: PowerAction) -> io::Result<()> {
         let command = match action {
             PowerAction::PowerOff => rustix::system::RebootCommand::PowerOff,

@@ -166,6 +166,9 @@ pub trait System: Clock {
     fn reap_children(&self) -> io::Result<Reaped>;
     /// `sync(2)`.
     fn sync(&self);
+    /// `reboot(LINUX_REBOOT_CMD_CAD_OFF)`: Ctrl-Alt-Del sends SIGINT to PID 1 (which the
+    /// supervisor turns into an orderly reboot) instead of restarting at once.
+    fn disable_ctrl_alt_del(&self) -> io::Result<()>;
     /// `reboot(2)`. Returns only on failure (or from a fake).
     fn reboot(&self, action: PowerAction) -> io::Result<()>;
 }
