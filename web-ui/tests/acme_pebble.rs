@@ -1,0 +1,428 @@
+//! ACME against a real Pebble (Debian's `pebble` package): issuance with TLS-ALPN-01 and
+//! with HTTP-01, renewal of a short-lived certificate, the old certificate still served
+//! while the CA is unreachable, and a restart that serves the stored certificate without
+//! issuing again.
+//!
+//! Each test starts its own Pebble and `pebble-challtestsrv` (as the DNS server that sends
+//! every name to 127.0.0.1) on free ports, with an API certificate made by `openssl` at
+//! test time. Pebble keeps rejecting 5% of nonces, as it does by default. Pebble makes a
+//! fresh root on each start; the tests fetch it from the management port's `/roots/0`.
+//!
+//! Without `/usr/bin/pebble` the tests say SKIPPED and pass, unless `CLOISTER_REQUIRE_PEBBLE=1`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cloister_web_ui::config::{AcmeSettings, ChallengeKind, Settings};
+use cloister_web_ui::{RunningServer, tls};
+
+const DOMAIN: &str = "box.cloister.test";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn pebble_missing() -> bool {
+    let missing = !Path::new("/usr/bin/pebble").exists()
+        || !Path::new("/usr/bin/pebble-challtestsrv").exists();
+    if missing {
+        assert!(
+            std::env::var("CLOISTER_REQUIRE_PEBBLE").as_deref() != Ok("1"),
+            "pebble is not installed"
+        );
+        eprintln!("SKIPPED: pebble is not installed (apt-get install pebble)");
+    }
+    missing
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A running Pebble with its DNS stand-in.
+struct Pebble {
+    dir: tempfile::TempDir,
+    pebble: Option<Child>,
+    dns: Child,
+    directory_url: String,
+    management: SocketAddr,
+    api_root: PathBuf,
+}
+
+impl Pebble {
+    /// Starts Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`,
+    /// issuing certificates valid for `validity_s` seconds.
+    fn start(http_port: u16, tls_port: u16, validity_s: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // The API certificate: a CA of our own and a leaf for localhost signed by it.
+        run(Command::new("openssl").current_dir(d).args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pebble api test ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]));
+        run(Command::new("openssl").current_dir(d).args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "api.key",
+            "-out",
+            "api.csr",
+            "-subj",
+            "/CN=localhost",
+        ]));
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(Command::new("openssl").current_dir(d).args([
+            "x509",
+            "-req",
+            "-in",
+            "api.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "api.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]));
+        let api_port = free_port();
+        let management_port = free_port();
+        let dns_port = free_port();
+        let dns_management_port = free_port();
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{api_port}"),
+            "managementListenAddress": format!("127.0.0.1:{management_port}"),
+            "certificate": d.join("api.pem"),
+            "privateKey": d.join("api.key"),
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity_s,
+        }});
+        std::fs::write(d.join("pebble.json"), config.to_string()).unwrap();
+        let dns = Command::new("pebble-challtestsrv")
+            .args([
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-management",
+                &format!("127.0.0.1:{dns_management_port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let api_root = d.join("ca.pem");
+        let mut this = Self {
+            dir,
+            pebble: None,
+            dns,
+            directory_url: format!("https://localhost:{api_port}/dir"),
+            management: SocketAddr::from(([127, 0, 0, 1], management_port)),
+            api_root,
+        };
+        wait_for_port(SocketAddr::from(([127, 0, 0, 1], dns_management_port)));
+        this.pebble = Some(this.spawn_pebble(dns_port));
+        wait_for_port(SocketAddr::from(([127, 0, 0, 1], api_port)));
+        this
+    }
+
+    fn spawn_pebble(&self, dns_port: u16) -> Child {
+        let log = std::fs::File::create(self.dir.path().join("pebble.log")).unwrap();
+        Command::new("pebble")
+            .arg("-config")
+            .arg(self.dir.path().join("pebble.json"))
+            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Stops Pebble (the DNS stand-in stays), so the CA is unreachable.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.pebble.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Pebble's current root, from the management port.
+    async fn root_pem(&self) -> String {
+        let mut stream = common::tls_connect(self.management, "localhost").await;
+        let answer = common::exchange(
+            &mut stream,
+            b"GET /roots/0 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let start = text
+            .find("-----BEGIN CERTIFICATE-----")
+            .expect("no root in the answer");
+        text[start..].to_owned()
+    }
+
+    fn acme_settings(&self, challenge: ChallengeKind) -> AcmeSettings {
+        let mut acme = AcmeSettings::new(self.directory_url.clone());
+        acme.challenge = challenge;
+        acme.ca_root_pem = Some(self.api_root.clone());
+        acme.retry_min = Duration::from_secs(1);
+        acme.retry_max = Duration::from_secs(4);
+        acme
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = self.dns.kill();
+        let _ = self.dns.wait();
+    }
+}
+
+fn wait_for_port(address: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {address}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn settings(state: &Path, https_port: u16, http_port: u16, acme: AcmeSettings) -> Settings {
+    let mut settings = Settings::new(state);
+    settings.listen_address = [127, 0, 0, 1].into();
+    settings.https_port = https_port;
+    settings.http_port = Some(http_port);
+    settings.domain = Some(DOMAIN.to_owned());
+    settings.acme = Some(acme);
+    settings.supervisor_socket = state.join("no-supervisor.sock");
+    settings
+}
+
+/// Waits until the server presents a CA-issued certificate different from `not`.
+async fn wait_for_issued(
+    server: &RunningServer,
+    not: Option<&str>,
+    limit: Duration,
+) -> tls::CertificateFacts {
+    let deadline = Instant::now() + limit;
+    loop {
+        let leaf = common::served_leaf(server.https_address, DOMAIN).await;
+        let facts = tls::certificate_facts(&leaf).unwrap();
+        if !facts.self_signed && Some(facts.fingerprint_sha256.as_str()) != not {
+            return facts;
+        }
+        let status = server.state.certificates.as_ref().unwrap().status();
+        assert!(
+            Instant::now() < deadline,
+            "no new certificate in time; last error: {:?}",
+            status.last_error
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Checks the served chain up to Pebble's root with openssl.
+async fn assert_chain_verifies(pebble: &Pebble, server: &RunningServer) {
+    let stored = server.state.store.certificate(DOMAIN).unwrap().unwrap();
+    let d = pebble.dir.path();
+    let root = pebble.root_pem().await;
+    std::fs::write(d.join("root.pem"), root).unwrap();
+    let mut blocks = stored
+        .chain_pem
+        .split_inclusive("-----END CERTIFICATE-----\n");
+    std::fs::write(d.join("leaf.pem"), blocks.next().unwrap()).unwrap();
+    std::fs::write(d.join("intermediates.pem"), blocks.collect::<String>()).unwrap();
+    run(Command::new("openssl").current_dir(d).args([
+        "verify",
+        "-CAfile",
+        "root.pem",
+        "-untrusted",
+        "intermediates.pem",
+        "leaf.pem",
+    ]));
+    // The key never left: the stored key matches the certificate, and it was never in a
+    // request to the CA (only the CSR was).
+    assert!(stored.key_pem.contains("PRIVATE KEY"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_issues_and_a_restart_serves_the_stored_certificate() {
+    if pebble_missing() {
+        return;
+    }
+    let (https_port, http_port) = (free_port(), free_port());
+    let pebble = Pebble::start(http_port, https_port, 3600);
+    let state = tempfile::tempdir().unwrap();
+    let server = cloister_web_ui::start(settings(
+        state.path(),
+        https_port,
+        http_port,
+        pebble.acme_settings(ChallengeKind::TlsAlpn01),
+    ))
+    .await
+    .unwrap();
+    let issued = wait_for_issued(&server, None, Duration::from_secs(90)).await;
+    assert_eq!(issued.names, vec![DOMAIN.to_owned()]);
+    assert_chain_verifies(&pebble, &server).await;
+    let status = server.state.certificates.as_ref().unwrap().status();
+    let caa = status.caa_record.unwrap();
+    assert!(caa.starts_with(&format!("{DOMAIN}. IN CAA 0 issue \"")));
+    assert!(caa.contains(&format!("accounturi={}", status.account_url.unwrap())));
+    server.stop().await;
+
+    // Restart on the same state: the stored certificate is served from the first handshake
+    // and nothing new is issued.
+    let server = cloister_web_ui::start(settings(
+        state.path(),
+        https_port,
+        http_port,
+        pebble.acme_settings(ChallengeKind::TlsAlpn01),
+    ))
+    .await
+    .unwrap();
+    let leaf = common::served_leaf(server.https_address, DOMAIN).await;
+    assert_eq!(
+        tls::certificate_facts(&leaf).unwrap().fingerprint_sha256,
+        issued.fingerprint_sha256
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = server.state.certificates.as_ref().unwrap().status();
+    assert_eq!(status.issued_by_this_process, 0);
+    assert!(
+        status.next_attempt_at_s.is_some(),
+        "the renewal is scheduled"
+    );
+    let leaf = common::served_leaf(server.https_address, DOMAIN).await;
+    assert_eq!(
+        tls::certificate_facts(&leaf).unwrap().fingerprint_sha256,
+        issued.fingerprint_sha256
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_issues() {
+    if pebble_missing() {
+        return;
+    }
+    let (https_port, http_port) = (free_port(), free_port());
+    let pebble = Pebble::start(http_port, https_port, 3600);
+    let state = tempfile::tempdir().unwrap();
+    let server = cloister_web_ui::start(settings(
+        state.path(),
+        https_port,
+        http_port,
+        pebble.acme_settings(ChallengeKind::Http01),
+    ))
+    .await
+    .unwrap();
+    let issued = wait_for_issued(&server, None, Duration::from_secs(90)).await;
+    assert_eq!(issued.names, vec![DOMAIN.to_owned()]);
+    assert_chain_verifies(&pebble, &server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_certificate_is_renewed_and_kept_while_the_ca_is_down() {
+    if pebble_missing() {
+        return;
+    }
+    let (https_port, http_port) = (free_port(), free_port());
+    // 30 s certificates: renewal is due 20 s after issuance.
+    let mut pebble = Pebble::start(http_port, https_port, 30);
+    let state = tempfile::tempdir().unwrap();
+    let server = cloister_web_ui::start(settings(
+        state.path(),
+        https_port,
+        http_port,
+        pebble.acme_settings(ChallengeKind::TlsAlpn01),
+    ))
+    .await
+    .unwrap();
+    let first = wait_for_issued(&server, None, Duration::from_secs(90)).await;
+    let second = wait_for_issued(
+        &server,
+        Some(&first.fingerprint_sha256),
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(second.not_after_s >= first.not_after_s);
+
+    // The CA goes away: renewal fails, retries back off, the current certificate stays.
+    pebble.stop();
+    let manager = server.state.certificates.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while manager.status().last_error.is_none() {
+        assert!(Instant::now() < deadline, "no renewal attempt failed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let leaf = common::served_leaf(server.https_address, DOMAIN).await;
+    assert_eq!(
+        tls::certificate_facts(&leaf).unwrap().fingerprint_sha256,
+        second.fingerprint_sha256,
+        "the last good certificate is still served"
+    );
+    let mut stream = common::tls_connect(server.https_address, DOMAIN).await;
+    let answer = common::exchange(
+        &mut stream,
+        b"GET /healthz HTTP/1.1\r\nHost: box.cloister.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(common::status_of(&answer), Some(200));
+    server.stop().await;
+}
