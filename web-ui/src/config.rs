@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::server::ConnectionLimits;
+
 /// How the box proves to the CA that it controls the domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChallengeKind {
@@ -73,6 +75,8 @@ pub struct Settings {
     pub supervisor_socket: PathBuf,
     /// model-runner's Prometheus endpoint, `http://127.0.0.1:PORT/metrics`.
     pub model_metrics_url: Option<String>,
+    /// Timeouts and size caps for every connection.
+    pub limits: ConnectionLimits,
 }
 
 impl Settings {
@@ -88,6 +92,7 @@ impl Settings {
             acme: None,
             supervisor_socket: PathBuf::from("/run/cloister/supervisor.sock"),
             model_metrics_url: None,
+            limits: ConnectionLimits::default(),
         }
     }
 }

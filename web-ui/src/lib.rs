@@ -33,7 +33,6 @@ use crate::auth::{Passkeys, RateLimiter};
 use crate::clock::now_s;
 use crate::config::Settings;
 use crate::routes::{AppState, Assets};
-use crate::server::ConnectionLimits;
 use crate::store::Store;
 use crate::tls::CertificateResolver;
 
@@ -213,7 +212,7 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     });
 
     let (shutdown, shutdown_receiver) = watch::channel(false);
-    let limits = ConnectionLimits::default();
+    let limits = settings.limits;
     let mut tasks = vec![tokio::spawn(server::serve_https(
         https_listener,
         tls_config,

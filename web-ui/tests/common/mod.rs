@@ -55,10 +55,18 @@ impl ServerCertVerifier for AcceptAnything {
 
 /// A TLS client config that trusts anything, offering `alpn`.
 pub fn client_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    client_config_with_versions(alpn, rustls::DEFAULT_VERSIONS)
+}
+
+/// Like [`client_config`], limited to `versions`.
+pub fn client_config_with_versions(
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .unwrap()
     .dangerous()
     .with_custom_certificate_verifier(Arc::new(AcceptAnything))
