@@ -6,8 +6,11 @@
 
 use clap::{Parser, Subcommand};
 
+mod build;
+mod doctor;
 mod eventlog;
 mod measure;
+mod run;
 mod verify_quote;
 
 /// Build, boot, measure and verify a Cloister box.
@@ -20,6 +23,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build the image reproducibly (or --check a published manifest).
+    Build(build::Args),
+    /// Boot the built image in QEMU.
+    Run(run::Args),
+    /// Say whether this host can run the image: KVM, TDX, QEMU.
+    Doctor(doctor::Args),
     /// Verify a TDX quote offline against collateral and expected measurements.
     VerifyQuote(verify_quote::Args),
     /// Explain a TDX event log (CCEL) and replay it to RTMR values.
@@ -31,6 +40,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Build(args) => build::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::VerifyQuote(args) => verify_quote::run(args),
         Command::Eventlog(args) => eventlog::run(args),
         Command::Measure(args) => measure::run(args),

@@ -1,0 +1,70 @@
+//! `cloister build`: builds the image reproducibly, or with `--check` rebuilds and
+//! compares with a published manifest. All logic is in `cloister_image::build`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use cloister_image::build::{self, BuildOptions};
+
+/// Build the image: vmlinuz, initramfs.cpio.zst, cmdline and manifest.json.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Folder the outputs go to.
+    #[arg(long, default_value = "target/cloister-image")]
+    out: PathBuf,
+    /// Leave the model out of the initramfs.
+    #[arg(long)]
+    no_model: bool,
+    /// Rebuild and compare with this manifest.json; lists every differing input and output.
+    #[arg(long, value_name = "MANIFEST")]
+    check: Option<PathBuf>,
+    /// Download cache [default: $CLOISTER_CACHE or /var/cache/cloister].
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Source tree [default: the checkout holding the current folder].
+    #[arg(long)]
+    source: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let source = match args.source {
+        Some(s) => s,
+        None => {
+            let here = std::env::current_dir()?;
+            build::find_source_root(&here).context(
+                "not inside a Cloister checkout (no image/lock.toml above); pass --source",
+            )?
+        }
+    };
+    let mut opts = BuildOptions::new(&source, &args.out);
+    opts.no_model = args.no_model;
+    if let Some(cache) = args.cache {
+        opts.cache = cache;
+    }
+    match args.check {
+        None => {
+            let built = build::build(&opts)?;
+            for (name, sha) in &built.manifest.outputs {
+                println!("{sha}  {}", built.out.join(name).display());
+            }
+        }
+        Some(manifest) => {
+            let differences = build::check(&manifest, &opts)?;
+            if !differences.is_empty() {
+                for d in &differences {
+                    println!("differs: {d}");
+                }
+                bail!(
+                    "the rebuild differs from {} in {} places",
+                    manifest.display(),
+                    differences.len()
+                );
+            }
+            println!(
+                "reproduced: every input and output matches {}",
+                manifest.display()
+            );
+        }
+    }
+    Ok(())
+}
