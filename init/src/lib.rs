@@ -14,6 +14,7 @@ pub mod dhcp;
 pub mod entropy;
 #[cfg(test)]
 mod fake;
+pub mod fuzzing;
 #[allow(unsafe_code)]
 pub mod linux;
 pub mod modules;

@@ -703,23 +703,4 @@ mod tests {
         assert_eq!(prefix_mask(0), 0);
         assert_eq!(prefix_mask(32), u32::MAX);
     }
-
-    #[test]
-    fn parser_survives_every_truncation_and_byte_flip() {
-        let mut b = PacketBuilder::new(true, MessageType::Ack, 9, MAC);
-        b.address_option(codes::ROUTER, &[Ipv4Addr::new(10, 0, 2, 2)]);
-        b.option(codes::CLASSLESS_ROUTES, &[0, 10, 0, 0, 1]);
-        b.option(codes::LEASE_TIME, &3600u32.to_be_bytes());
-        let bytes = b.finish();
-        for len in 0..=bytes.len() {
-            let _ = DhcpPacket::parse(&bytes[..len]);
-        }
-        for i in DHCP_HEADER_BYTES..bytes.len() {
-            for value in [0u8, 1, 4, 32, 33, 255] {
-                let mut flipped = bytes.clone();
-                flipped[i] = value;
-                let _ = DhcpPacket::parse(&flipped);
-            }
-        }
-    }
 }
