@@ -47,12 +47,13 @@ fn main() {
         eprintln!("cloister-init: must run as PID 1 (it is /init in the Cloister image)");
         std::process::exit(2);
     }
-    tracing_subscriber::fmt()
+    // try_init: a second subscriber is no reason for PID 1 to panic.
+    let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .without_time()
         .with_target(false)
-        .init();
+        .try_init();
     std::panic::set_hook(Box::new(|info| {
         tracing::error!("init panicked: {info}");
     }));
