@@ -22,7 +22,10 @@ const IDLE_SECONDS: u64 = 10;
 
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/examples").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/examples")
+        .to_owned()
 }
 
 struct Supervisor {
@@ -54,7 +57,10 @@ impl Supervisor {
             .expect("build the release binary first: cargo build --release -p cloister-supervisor --bins --examples");
         let start = Instant::now();
         while ControlClient::connect(&socket).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "no control socket");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no control socket"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Self {
@@ -71,11 +77,19 @@ impl Supervisor {
     fn wait_all_running(&self, count: usize) {
         let start = Instant::now();
         loop {
-            let services = self.client().request(&Request::List).unwrap().services.unwrap();
+            let services = self
+                .client()
+                .request(&Request::List)
+                .unwrap()
+                .services
+                .unwrap();
             if services.iter().filter(|s| s.state == "running").count() == count {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "services did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "services did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -83,10 +97,7 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        let _ = kill_process(
-            Pid::from_raw(self.child.id() as i32).unwrap(),
-            Signal::TERM,
-        );
+        let _ = kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), Signal::TERM);
         let _ = self.child.wait();
     }
 }
@@ -119,7 +130,12 @@ fn restart_latency() {
     assert!(events.request(&Request::Events).unwrap().ok);
     let mut latencies_ms = Vec::with_capacity(TRIALS);
     for _ in 0..TRIALS {
-        let pid = supervisor.client().request(&Request::List).unwrap().services.unwrap()[0]
+        let pid = supervisor
+            .client()
+            .request(&Request::List)
+            .unwrap()
+            .services
+            .unwrap()[0]
             .pid
             .expect("running");
         let crash = Instant::now();
