@@ -15,7 +15,8 @@ pub struct Args {
     quote: PathBuf,
     /// Folder with the collateral: tcb_info.json, qe_identity.json, pck_crl.der,
     /// root_ca_crl.der, pck_crl_issuer_chain.pem, tcb_info_issuer_chain.pem,
-    /// qe_identity_issuer_chain.pem (Intel PCS responses, as served).
+    /// qe_identity_issuer_chain.pem (Intel PCS responses, as served); or one JSON file
+    /// as `Collateral::to_json` writes it.
     #[arg(long)]
     collateral: PathBuf,
     /// `measurements.json` with the expected registers (those it names are checked).
@@ -41,10 +42,7 @@ fn read(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let quote = std::fs::read(&args.quote)
-        .with_context(|| format!("cannot read {}", args.quote.display()))?;
-    let dir = &args.collateral;
+fn read_collateral_folder(dir: &Path) -> anyhow::Result<Collateral> {
     let (tcb, qe, pck_crl, root_crl, c1, c2, c3) = (
         read(dir, "tcb_info.json")?,
         read(dir, "qe_identity.json")?,
@@ -54,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         read(dir, "tcb_info_issuer_chain.pem")?,
         read(dir, "qe_identity_issuer_chain.pem")?,
     );
-    let collateral = Collateral::from_files(CollateralFiles {
+    Ok(Collateral::from_files(CollateralFiles {
         tcb_info: &tcb,
         qe_identity: &qe,
         pck_crl: &pck_crl,
@@ -62,7 +60,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         pck_crl_issuer_chain: &c1,
         tcb_info_issuer_chain: &c2,
         qe_identity_issuer_chain: &c3,
-    })?;
+    })?)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let quote = std::fs::read(&args.quote)
+        .with_context(|| format!("cannot read {}", args.quote.display()))?;
+    let collateral = if args.collateral.is_file() {
+        let json = std::fs::read(&args.collateral)
+            .with_context(|| format!("cannot read {}", args.collateral.display()))?;
+        Collateral::from_json(&json)?
+    } else {
+        read_collateral_folder(&args.collateral)?
+    };
     let now = match &args.now {
         Some(text) => parse_time(text)?,
         None => std::time::SystemTime::now()

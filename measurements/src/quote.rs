@@ -406,6 +406,22 @@ impl Collateral {
     }
 }
 
+impl Collateral {
+    /// Serializes the collateral as one JSON document (dcap-qvl's `QuoteCollateralV3`
+    /// layout, byte fields in hex): the form a box serves beside its quote.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.inner).unwrap_or_default()
+    }
+
+    /// Reads the JSON document [`Collateral::to_json`] writes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, QuoteError> {
+        check_item_size("collateral JSON", bytes)?;
+        let inner: QuoteCollateralV3 = serde_json::from_slice(bytes)
+            .map_err(|e| QuoteError::Collateral(format!("collateral JSON: {e}")))?;
+        Ok(Collateral { inner })
+    }
+}
+
 /// The platform's TCB status as Intel's TCB info rates it, after merging the QE's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TcbStatus {
@@ -765,6 +781,35 @@ mod tests {
             q[pos] ^= 0x01;
         }
         eprintln!("{signed_len} flips in {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn attestation_key_signs_exactly_the_parsed_signed_region() {
+        use p256::ecdsa::signature::Verifier;
+        use p256::ecdsa::{Signature, VerifyingKey};
+        let cos = include_bytes!("../tests/data/go-tdx-guest/ccel/cos-113-tdx-quote.dat");
+        for bytes in [V4, V5, &cos[..]] {
+            let q = Quote::parse(bytes).unwrap();
+            let mut sec1 = vec![4u8];
+            sec1.extend_from_slice(&q.attestation_key);
+            let key = VerifyingKey::from_sec1_bytes(&sec1).unwrap();
+            let sig = Signature::from_slice(&q.signature).unwrap();
+            assert!(
+                key.verify(&bytes[..q.signed_len], &sig).is_ok(),
+                "v{}",
+                q.version
+            );
+            assert!(key.verify(&bytes[..q.signed_len - 1], &sig).is_err());
+        }
+    }
+
+    #[test]
+    fn collateral_survives_a_json_round_trip() {
+        let json = collateral_v4().to_json();
+        let back = Collateral::from_json(json.as_bytes()).unwrap();
+        let v = verify(V4, &back, NOW_2023_07_01).unwrap();
+        assert_eq!(v.tcb_status, TcbStatus::NoMatchingTcbLevel);
+        assert!(Collateral::from_json(b"{}").is_err());
     }
 
     #[test]
