@@ -175,6 +175,16 @@ pub async fn model_metrics(url: &str) -> Option<Vec<Sample>> {
     tokio::time::timeout(PART_TIMEOUT, fetch).await.ok()?
 }
 
+/// Runs every parser of other parts' answers on `data`; for the fuzz target and its corpus
+/// test.
+pub fn parse_everything(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = parse_prometheus(&text);
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = parse_services(&value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +204,19 @@ mod tests {
         assert_eq!(samples[1].value, 12.5);
         assert_eq!(samples.len(), 3);
         assert!(samples[2].value.is_nan());
+    }
+
+    #[test]
+    fn the_fuzz_corpus_never_panics() {
+        for input in [
+            &b""[..],
+            b"x{",
+            b"a{b=\"}\"} 1",
+            b"{\"services\":[{\"name\":1},{\"name\":\"a\",\"state\":[1]}]}",
+            b"m{ 1\n{} 2\n} 3\n\xff\xfe 4",
+        ] {
+            parse_everything(input);
+        }
     }
 
     #[test]

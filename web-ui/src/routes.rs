@@ -120,7 +120,7 @@ struct CsrfToken(String);
 
 /// The HTTPS router.
 pub fn https_router(state: Arc<AppState>) -> Router {
-    let hsts = !state.resolver.facts().self_signed;
+    let resolver = state.resolver.clone();
     let origins = state.origins.clone();
     Router::new()
         .route("/", get(home))
@@ -162,6 +162,8 @@ pub fn https_router(state: Arc<AppState>) -> Router {
             security::request_deadline(REQUEST_DEADLINE, request, next)
         }))
         .layer(middleware::from_fn(move |request, next| {
+            // HSTS follows the certificate: on once ACME replaced the self-signed one.
+            let hsts = !resolver.is_self_signed();
             security::security_headers(hsts, request, next)
         }))
         .with_state(state)

@@ -238,6 +238,15 @@ impl CertificateResolver {
             .clone()
     }
 
+    /// Whether the certificate being served is our self-signed one (no HSTS then).
+    pub fn is_self_signed(&self) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .facts
+            .self_signed
+    }
+
     /// Starts answering TLS-ALPN-01 for `domain`.
     pub fn set_challenge(&self, domain: &str, certificate: Arc<CertifiedKey>) {
         self.challenges

@@ -373,6 +373,16 @@ async fn http_01_issues() {
     let issued = wait_for_issued(&server, None, Duration::from_secs(90)).await;
     assert_eq!(issued.names, vec![DOMAIN.to_owned()]);
     assert_chain_verifies(&pebble, &server).await;
+    // With a CA's certificate, HSTS is on.
+    let mut stream = common::tls_connect(server.https_address, DOMAIN).await;
+    let answer = common::exchange(
+        &mut stream,
+        b"GET /healthz HTTP/1.1\r\nHost: box.cloister.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.contains("strict-transport-security: max-age=31536000"));
     server.stop().await;
 }
 

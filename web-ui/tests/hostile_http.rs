@@ -315,3 +315,27 @@ async fn security_headers_and_the_plain_http_redirect() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_attempts_are_rate_limited_per_address() {
+    let (server, _state) = start().await;
+    let mut statuses = Vec::new();
+    for _ in 0..(cloister_web_ui::auth::SIGN_IN_ATTEMPTS_PER_WINDOW + 5) {
+        let answer = send(
+            server.https_address,
+            &post("/api/signin/begin", &csrf_headers(), b"{}"),
+        )
+        .await;
+        statuses.push(common::status_of(&answer).unwrap());
+    }
+    let allowed = cloister_web_ui::auth::SIGN_IN_ATTEMPTS_PER_WINDOW as usize;
+    assert!(
+        statuses[..allowed].iter().all(|s| *s == 200),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[allowed..].iter().all(|s| *s == 429),
+        "{statuses:?}"
+    );
+    server.stop().await;
+}

@@ -96,9 +96,31 @@ pub async fn exchange<S>(stream: &mut S, request: &[u8], wait: Duration) -> Vec<
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    stream.write_all(request).await.unwrap();
+    // Write and read at once: a server may answer (413, 431) and close before it has read
+    // everything, and a write error then must not hide its answer.
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let write = async {
+        let _ = writer.write_all(request).await;
+        let _ = writer.flush().await;
+        std::future::pending::<()>().await
+    };
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    let read = async {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(wait, async {
+        tokio::select! {
+            () = read => {}
+            () = write => {}
+        }
+    })
+    .await;
     answer
 }
 
