@@ -30,6 +30,7 @@ impl CgroupTree {
             .find_map(|l| l.strip_prefix("0::"))?
             .trim_start_matches('/');
         let parent = mount.join(ours);
+        remove_stale(&parent);
         let base = parent.join(leaf);
         std::fs::create_dir_all(&base).ok()?;
         let controllers =
@@ -73,6 +74,32 @@ impl CgroupTree {
             }
         }
         let _ = std::fs::remove_dir(&self.base);
+    }
+}
+
+/// Removes the empty cgroup folders of supervisors that died without cleaning up
+/// (`cloister-supervisor.<pid>` whose pid is gone). Only empty cgroups can be removed.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cloister-supervisor."))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let tree = CgroupTree {
+            base: entry.path(),
+            memory: false,
+        };
+        tree.remove();
     }
 }
 

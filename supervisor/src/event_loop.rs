@@ -654,7 +654,7 @@ impl Supervisor {
     }
 
     fn announce_all_ready(&mut self) {
-        if self.all_ready_announced || self.services.is_empty() {
+        if self.all_ready_announced {
             return;
         }
         if self.services.iter().all(|s| s.ever_ready) {

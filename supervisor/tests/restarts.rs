@@ -184,8 +184,7 @@ fn start_limit_action_poweroff_shuts_down() {
         ),
         ("other", service(&[])),
     ]);
-    let mut child = harness.child.take().unwrap();
-    let report = harness.wait_exit(&mut child);
+    let report = harness.wait_exit();
     assert_eq!(report["action"], "poweroff");
     let other = report["services"]
         .as_array()

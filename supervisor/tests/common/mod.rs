@@ -142,19 +142,18 @@ impl Harness {
 
     /// Sends SIGTERM and waits for the supervisor to exit; returns its JSON report.
     pub fn terminate(&mut self) -> serde_json::Value {
-        let mut child = self.child.take().unwrap();
-        Command::new("kill")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        self.wait_exit(&mut child)
+        let pid = self.pid();
+        Command::new("kill").arg(pid.to_string()).status().unwrap();
+        self.wait_exit()
     }
 
     /// Waits for the supervisor to exit on its own; returns its JSON report.
-    pub fn wait_exit(&self, child: &mut Child) -> serde_json::Value {
+    pub fn wait_exit(&mut self) -> serde_json::Value {
         let start = Instant::now();
         loop {
+            let child = self.child.as_mut().unwrap();
             if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
                 assert!(status.success(), "supervisor failed: {}", self.stderr());
                 break;
             }
@@ -176,7 +175,16 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
+        // SIGTERM first, so the supervisor stops its services and removes its cgroups.
         if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
