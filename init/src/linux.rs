@@ -135,6 +135,17 @@ fn bind_to_device(socket: &OwnedFd, interface: &str) -> io::Result<()> {
     }
 }
 
+/// A UDP socket on `0.0.0.0:port`, bound to one interface (`SO_BINDTODEVICE`) and allowed
+/// to broadcast: it sends and receives on that link before the link has an address.
+pub fn udp_socket_on_interface(interface: &str, port: u16) -> io::Result<UdpSocket> {
+    let socket = rustix::net::socket(AddressFamily::INET, SocketType::DGRAM, Some(ipproto::UDP))?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    sockopt::set_socket_broadcast(&socket, true)?;
+    bind_to_device(&socket, interface)?;
+    rustix::net::bind(&socket, &SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+    Ok(UdpSocket::from(socket))
+}
+
 /// A UDP socket on port 68 bound to one interface.
 #[derive(Debug)]
 pub struct LinuxDhcpTransport {
