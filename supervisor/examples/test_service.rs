@@ -1,7 +1,8 @@
 //! A service for the supervisor's tests and benchmark, scripted by its arguments, that speaks
 //! sd_notify only through the `sd-notify` crate, as real services do.
 //!
-//! Steps run in order: `ready`, `status TEXT`, `stopping`, `sleep MS`, `exit CODE`,
+//! Steps run in order: `ready`, `status TEXT`, `stopping`, `reloading`, `extend USEC`,
+//! `errno N`, `sleep MS`, `exit CODE`,
 //! `raise SIGNAL` (e.g. SEGV), `ignore SIGNAL`, `ping N` (N watchdog pings at a quarter of
 //! WATCHDOG_USEC), `spoof-ready SOCKET` (send READY=1 to another service's socket),
 //! `raw TEXT` and `raw-big BYTES` (send raw bytes to $NOTIFY_SOCKET), `print TEXT`. After the last step it sleeps until killed.
@@ -53,6 +54,12 @@ fn main() {
         match step.as_str() {
             "ready" => notify(&[NotifyState::Ready]),
             "stopping" => notify(&[NotifyState::Stopping]),
+            "reloading" => notify(&[
+                NotifyState::Reloading,
+                NotifyState::monotonic_usec_now().unwrap(),
+            ]),
+            "extend" => notify(&[NotifyState::ExtendTimeoutUsec(value().parse().unwrap())]),
+            "errno" => notify(&[NotifyState::Errno(value().parse().unwrap())]),
             "status" => notify(&[NotifyState::Status(value())]),
             "sleep" => std::thread::sleep(Duration::from_millis(value().parse().unwrap())),
             "exit" => std::process::exit(value().parse().unwrap()),

@@ -117,3 +117,76 @@ fn exit_before_ready_fails_a_notify_service_and_its_dependents() {
     // `after` only orders: the service starts once `broken` has settled, even as failed.
     harness.wait_for_state("after-broken", "running", Duration::from_secs(10));
 }
+
+#[test]
+fn extend_timeout_reloading_and_errno_through_the_sd_notify_crate() {
+    let harness = Harness::start(&[
+        (
+            "slow-start",
+            // 300 ms to start, but it asks for 5 s more and is ready after 800 ms.
+            service(&["extend", "5000000", "sleep", "800", "ready"])
+                + "ready = \"notify\"\nstart_timeout_ms = 300\nrestart = \"no\"\n",
+        ),
+        (
+            "reloader",
+            service(&[
+                "ready",
+                "sleep",
+                "300",
+                "reloading",
+                "errno",
+                "5",
+                "sleep",
+                "500",
+                "ready",
+            ]) + "ready = \"notify\"\n",
+        ),
+    ]);
+    let mut events = harness.events();
+    let mut reloader_states = Vec::new();
+    while reloader_states.last().map(String::as_str) != Some("running")
+        || !reloader_states.iter().any(|s| s == "reloading")
+    {
+        let event = common::next_event(&mut events, |e| e.service == "reloader");
+        reloader_states.push(event.state);
+    }
+    assert!(
+        reloader_states.ends_with(&["reloading".into(), "running".into()]),
+        "{reloader_states:?}"
+    );
+    assert_eq!(harness.info("reloader").errno, Some(5));
+    let slow = harness.wait_for_state("slow-start", "running", Duration::from_secs(10));
+    assert_eq!(
+        slow.last_exit, None,
+        "it was not stopped for its start timeout"
+    );
+}
+
+#[test]
+fn a_program_that_cannot_start_counts_as_failed() {
+    let harness = Harness::start(&[
+        (
+            "missing",
+            "command = \"/nonexistent/program\"\nrestart_delay_ms = 0\nstart_limit_burst = 2\n"
+                .into(),
+        ),
+        (
+            "ghost-user",
+            service(&[]) + "user = \"no-such-user-here\"\nrestart = \"no\"\n",
+        ),
+    ]);
+    let missing = harness.wait_for_state("missing", "failed", Duration::from_secs(10));
+    let last = missing.last_exit.unwrap();
+    assert!(
+        last.starts_with("could not start: exec: No such file"),
+        "{last}"
+    );
+    assert!(missing.status.unwrap().contains("start limit"));
+    let ghost = harness.wait_for_state("ghost-user", "failed", Duration::from_secs(10));
+    assert!(
+        ghost
+            .last_exit
+            .unwrap()
+            .contains("unknown user `no-such-user-here`")
+    );
+}
