@@ -507,3 +507,81 @@ impl System for LinuxSystem {
         Ok(rustix::system::reboot(command)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_entry_has_the_kernel_layout() {
+        // struct rtentry is 120 bytes on 64-bit Linux (<linux/route.h>).
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(std::mem::size_of::<KernelRouteEntry>(), 120);
+        assert_eq!(std::mem::size_of::<libc::sockaddr>(), 16);
+    }
+
+    #[test]
+    fn interface_names_are_checked_before_any_ioctl() {
+        assert!(interface_request("eth0").is_ok());
+        assert!(interface_request("").is_err());
+        assert!(interface_request(&"e".repeat(libc::IFNAMSIZ)).is_err());
+        assert!(interface_request("et\0h").is_err());
+        let request = interface_request("eth0").unwrap();
+        assert_eq!(
+            request.ifr_name[..5],
+            [b'e' as libc::c_char, b't' as _, b'h' as _, b'0' as _, 0]
+        );
+    }
+
+    #[test]
+    fn sockaddr_carries_the_address_in_network_order() {
+        let sockaddr = sockaddr_ipv4(Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(i32::from(sockaddr.sa_family), libc::AF_INET);
+        // sa_data: 2 bytes of port, then the address.
+        let data: Vec<u8> = sockaddr.sa_data[..6].iter().map(|b| *b as u8).collect();
+        assert_eq!(data, [0, 0, 10, 0, 2, 15]);
+    }
+
+    #[test]
+    fn read_file_stops_at_the_limit() {
+        let dir = std::env::temp_dir().join(format!("cloister-init-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big");
+        fs::write(&path, [7u8; 100]).unwrap();
+        assert_eq!(LinuxSystem.read_file(&path, 10).unwrap(), [7u8; 10]);
+        assert_eq!(LinuxSystem.read_file(&path, 1000).unwrap().len(), 100);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn exited_children_are_reaped() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        drop(child);
+        let start = LinuxSystem.boottime_ms();
+        let mut reaped = 0;
+        loop {
+            let result = LinuxSystem.reap_children().unwrap();
+            reaped += result.reaped;
+            if !result.children_left || LinuxSystem.boottime_ms() - start > 10_000 {
+                break;
+            }
+            LinuxSystem.sleep_ms(10);
+        }
+        assert!(reaped >= 1, "child {pid} was not reaped");
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn clock_and_crng_answer_without_blocking() {
+        let before = LinuxSystem.boottime_ms();
+        LinuxSystem.sleep_ms(20);
+        assert!(LinuxSystem.boottime_ms() >= before + 20);
+        // The build machine booted long ago: its CRNG is ready.
+        assert!(LinuxSystem.crng_ready_now().unwrap());
+        assert!(LinuxSystem.wait_for_crng(1_000));
+        let mut bytes = [0u8; 32];
+        LinuxSystem.random_bytes(&mut bytes).unwrap();
+        assert_ne!(bytes, [0u8; 32]);
+    }
+}
