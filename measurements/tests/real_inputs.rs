@@ -160,3 +160,50 @@ fn rtmr2_matches_iconv_and_sha384sum() {
     assert_eq!(rtmr2, Some(sha384(&reg)));
     assert_eq!(events[0].digest, hex::encode(cmdline_digest));
 }
+
+#[test]
+fn td_hob_of_the_reference_ovmf_lists_memory_as_qemu_does() {
+    let Some(fw) = ovmf() else { return };
+    let t = Tdvf::parse(&fw).unwrap();
+    let ranges = |hob: &[u8]| -> Vec<(u32, u64, u64)> {
+        hob[56..]
+            .chunks(48)
+            .map(|r| {
+                assert_eq!(&r[0..4], &[3, 0, 48, 0]);
+                let kind = u32::from_le_bytes(r[24..28].try_into().unwrap());
+                let start = u64::from_le_bytes(r[32..40].try_into().unwrap());
+                let len = u64::from_le_bytes(r[40..48].try_into().unwrap());
+                (kind, start, len)
+            })
+            .collect()
+    };
+    const GIB: u64 = 1 << 30;
+    let hob = boot::td_hob(&t, 4 * GIB).unwrap();
+    // 0 = accepted system memory (TEMP_MEM, TD_HOB), 7 = unaccepted.
+    assert_eq!(
+        ranges(&hob),
+        [
+            (7, 0, 0x80_0000),
+            (0, 0x80_0000, 0x6000),
+            (7, 0x80_6000, 0x3000),
+            (0, 0x80_9000, 0x2000),
+            (0, 0x80_b000, 0x2000),
+            (7, 0x80_d000, 0x4000),
+            (0, 0x81_1000, 0xf000),
+            (7, 0x82_0000, 2 * GIB - 0x82_0000),
+            (7, 4 * GIB, 2 * GIB),
+        ]
+    );
+    // PHIT: type 1, length 56, version 9, EfiEndOfHobList past the list and its end HOB.
+    assert_eq!(&hob[0..4], &[1, 0, 56, 0]);
+    assert_eq!(u32::from_le_bytes(hob[8..12].try_into().unwrap()), 9);
+    let end = u64::from_le_bytes(hob[48..56].try_into().unwrap());
+    assert_eq!(end, 0x80_9000 + hob.len() as u64 + 8);
+
+    // Below 2.75 GiB there is no split at 2 GiB.
+    let small = ranges(&boot::td_hob(&t, 2 * GIB).unwrap());
+    assert_eq!(small.last(), Some(&(7, 0x82_0000, 2 * GIB - 0x82_0000)));
+    assert_eq!(small.len(), 8);
+    let mid = ranges(&boot::td_hob(&t, 3 * GIB).unwrap());
+    assert_eq!(mid.last(), Some(&(7, 4 * GIB, GIB)));
+}
