@@ -16,6 +16,8 @@ use crate::sys::{System, is_errno};
 pub const SYS_CLASS_NET: &str = "/sys/class/net";
 /// The resolver configuration init writes.
 pub const RESOLV_CONF_PATH: &str = "/etc/resolv.conf";
+/// The static host table init writes when the image has none.
+pub const HOSTS_PATH: &str = "/etc/hosts";
 /// Where the current DHCP lease is recorded.
 pub const LEASE_RECORD_PATH: &str = "/run/cloister/dhcp-lease";
 /// How long to wait for the virtio NIC to appear after its module loaded.
@@ -281,6 +283,18 @@ impl<T> NetworkReport<T> {
     }
 }
 
+/// Writes /etc/hosts (localhost and the box's own name on loopback) unless the image
+/// brought one, so `localhost` and the hostname resolve without DNS.
+fn write_hosts_if_missing(system: &impl System, hostname: &str) {
+    if system.read_file(Path::new(HOSTS_PATH), 1).is_ok() {
+        return;
+    }
+    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n");
+    if let Err(error) = system.write_file(Path::new(HOSTS_PATH), hosts.as_bytes()) {
+        tracing::warn!("cannot write {HOSTS_PATH}: {error}");
+    }
+}
+
 fn xid_seed(system: &impl System) -> u32 {
     let mut bytes = [0u8; 4];
     match system.random_bytes(&mut bytes) {
@@ -306,6 +320,7 @@ pub fn bring_up<S: System>(system: &S, options: &BootOptions) -> NetworkReport<S
             "cannot set hostname: {error}"
         );
     }
+    write_hosts_if_missing(system, options.hostname());
     // Bringing lo up makes the kernel add 127.0.0.1/8 itself.
     if let Err(error) = system.interface_up("lo") {
         tracing::error!("cannot bring up lo: {error}");
@@ -615,6 +630,24 @@ mod tests {
         );
         bring_up(&system, &options);
         assert!(system.file(RESOLV_CONF_PATH).is_some());
+    }
+
+    #[test]
+    fn hosts_file_is_written_only_when_missing() {
+        let system = with_nics();
+        let (options, _) = crate::cmdline::parse_cmdline("cloister.ip=off cloister.hostname=box7");
+        bring_up(&system, &options);
+        let hosts = String::from_utf8(system.file(HOSTS_PATH).unwrap()).unwrap();
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n"));
+        assert!(hosts.contains("127.0.1.1\tbox7\n"));
+
+        let system = with_nics();
+        system.set_file(HOSTS_PATH, "10.0.0.1 from-the-image\n");
+        bring_up(&system, &options);
+        assert_eq!(
+            system.file(HOSTS_PATH).unwrap(),
+            b"10.0.0.1 from-the-image\n"
+        );
     }
 
     #[test]
