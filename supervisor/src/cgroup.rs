@@ -137,11 +137,44 @@ pub fn relative_path(cgroup: &Path) -> Option<String> {
 
 /// Where cgroup2 is mounted, from /proc/self/mountinfo.
 fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup2_mount_in(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+/// The first cgroup2 mount point in mountinfo text (the filesystem type follows " - ").
+fn cgroup2_mount_in(info: &str) -> Option<PathBuf> {
     info.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         (right.split_whitespace().next()? == "cgroup2")
             .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
             .flatten()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_in_hybrid_and_unified_layouts() {
+        let hybrid = "\
+24 1 0:22 / /sys rw,nosuid - sysfs sysfs rw
+30 24 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            cgroup2_mount_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified =
+            "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_mount_in(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            cgroup2_mount_in("32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw\n"),
+            None
+        );
+    }
 }
