@@ -365,11 +365,11 @@ impl Supervisor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(err(e)),
         }
-        // Created with mode 0600 (umask 077 for the bind), so only root (or our own user) connects.
-        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-        let listener = UnixListener::bind(&path);
-        rustix::process::umask(old);
-        let listener = listener.map_err(err)?;
+        // Connecting needs write permission: with the usual umask nobody but the owner has it
+        // from the start, and the mode is then narrowed to 0600. The peer's uid is checked too.
+        let listener = UnixListener::bind(&path).map_err(err)?;
+        rustix::fs::chmod(&path, rustix::fs::Mode::from_raw_mode(0o600))
+            .map_err(|e| err(e.into()))?;
         tokio::spawn(serve_control(listener, self.input.clone()));
         Ok(())
     }

@@ -98,7 +98,13 @@ fn the_ctl_subcommand_talks_to_the_socket() {
 #[test]
 fn raw_control_protocol_rejects_garbage_and_answers_json_lines() {
     use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
     let harness = Harness::start(&[("idle", service(&[]))]);
+    let mode = std::fs::metadata(&harness.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the control socket is for root only");
     let mut stream = std::os::unix::net::UnixStream::connect(&harness.socket).unwrap();
     stream.write_all(b"not json\n{\"cmd\":\"list\"}\n").unwrap();
     let mut reader = BufReader::new(stream);
