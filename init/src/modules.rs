@@ -67,6 +67,8 @@ pub enum ModuleOutcome {
     Loaded,
     /// Already in the kernel (EEXIST), which is fine.
     AlreadyLoaded,
+    /// The module has no hardware to drive here (ENODEV), e.g. `tdx-guest` outside a TD.
+    NoDevice,
     /// Could not be loaded; the text is the error.
     Failed(String),
 }
@@ -123,6 +125,10 @@ fn load_one(system: &impl System, path: &Path) -> ModuleOutcome {
             ModuleOutcome::Loaded
         }
         Err(error) if is_errno(&error, libc::EEXIST) => ModuleOutcome::AlreadyLoaded,
+        Err(error) if is_errno(&error, libc::ENODEV) => {
+            tracing::info!(module = %path.display(), "no device for this module here");
+            ModuleOutcome::NoDevice
+        }
         Err(error) => {
             tracing::error!(module = %path.display(), "cannot load module: {error}");
             ModuleOutcome::Failed(error.to_string())
@@ -194,8 +200,10 @@ mod tests {
         system.set_file(MODULE_LIST_PATH, LIST);
         let cryptd = "/lib/modules/6.12.57-cloud-amd64/kernel/crypto/cryptd.ko.xz";
         let configfs = "/lib/modules/6.12.57-cloud-amd64/kernel/fs/configfs/configfs.ko.xz";
+        let crypto_simd = "/lib/modules/6.12.57-cloud-amd64/kernel/crypto/crypto_simd.ko.xz";
         system.fail_module(cryptd, libc::ENOEXEC);
         system.fail_module(configfs, libc::EEXIST);
+        system.fail_module(crypto_simd, libc::ENODEV);
         let report = load_listed_modules(&system, Path::new(MODULE_LIST_PATH));
 
         let loads: Vec<_> = system
@@ -217,7 +225,7 @@ mod tests {
         );
         assert_eq!(report.modules[0].1, ModuleOutcome::AlreadyLoaded);
         assert!(matches!(report.modules[1].1, ModuleOutcome::Failed(_)));
-        assert_eq!(report.modules[2].1, ModuleOutcome::Loaded);
+        assert_eq!(report.modules[2].1, ModuleOutcome::NoDevice);
         assert_eq!(report.modules[3].1, ModuleOutcome::Loaded);
         assert_eq!(report.failed(), 1);
     }
