@@ -73,6 +73,8 @@ pub struct BuildOptions {
     pub cache: PathBuf,
     /// Cargo target folder; default `$CARGO_TARGET_DIR` or `<source>/target`.
     pub target_dir: Option<PathBuf>,
+    /// Cargo home for the guest build; default `$CARGO_HOME` or `~/.cargo`.
+    pub cargo_home: Option<PathBuf>,
     /// Leave the model out.
     pub no_model: bool,
     /// Extra guest binaries (tests add a probe service).
@@ -91,6 +93,7 @@ impl BuildOptions {
             out: out.into(),
             cache: default_cache_dir(),
             target_dir: None,
+            cargo_home: None,
             no_model: false,
             extra_binaries: Vec::new(),
             extra_services: Vec::new(),
@@ -283,7 +286,9 @@ fn compile(
     for binary in binaries {
         cmd.args(["--bin", &binary.bin]);
     }
-    let flags = remap_flags(&source, &cargo_home(), &target_dir);
+    let cargo_home = opts.cargo_home.clone().unwrap_or_else(cargo_home);
+    let flags = remap_flags(&source, &cargo_home, &target_dir);
+    cmd.env("CARGO_HOME", &cargo_home);
     cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\u{1f}"))
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")

@@ -242,6 +242,7 @@ impl InputCache {
             .arg("download")
             .arg(format!("{package}={version}"))
             .current_dir(&dir)
+            .stdout(progress.tool_output())
             .output()
             .map_err(|e| ImageError::Tool {
                 tool: "apt-get".into(),
@@ -304,6 +305,7 @@ impl InputCache {
             .arg(format!("{project}=={version}"))
             .arg("-d")
             .arg(&dir)
+            .stdout(progress.tool_output())
             .output()
             .map_err(|e| ImageError::Tool {
                 tool: "pip".into(),

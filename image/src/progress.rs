@@ -39,6 +39,15 @@ impl Progress {
         self.quiet
     }
 
+    /// Where a tool's own progress output (apt-get, pip) goes: our stderr, or nowhere.
+    pub fn tool_output(&self) -> std::process::Stdio {
+        if self.quiet {
+            std::process::Stdio::null()
+        } else {
+            std::io::stderr().into()
+        }
+    }
+
     /// One step, as a line with the time since the start.
     pub fn step(&self, what: &str) {
         if !self.quiet {
