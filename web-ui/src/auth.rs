@@ -27,6 +27,27 @@ pub const SESSION_LIFETIME_S: i64 = 3600;
 pub const SESSION_ROTATE_AFTER_S: i64 = 600;
 /// No session outlives this, however often it rotates; then the user signs in again.
 pub const SESSION_ABSOLUTE_MAX_S: i64 = 12 * 3600;
+/// How long sessions live; the constants above by default, shorter in tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// A session expires this long after it was opened or last rotated.
+    pub lifetime_s: i64,
+    /// A session older than this gets a new token on its next request.
+    pub rotate_after_s: i64,
+    /// No session outlives this from its sign-in.
+    pub absolute_max_s: i64,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        Self {
+            lifetime_s: SESSION_LIFETIME_S,
+            rotate_after_s: SESSION_ROTATE_AFTER_S,
+            absolute_max_s: SESSION_ABSOLUTE_MAX_S,
+        }
+    }
+}
+
 /// Invitations are valid this long.
 pub const INVITATION_LIFETIME_S: i64 = 7 * 24 * 3600;
 /// Sign-in and registration attempts allowed per client address per window.

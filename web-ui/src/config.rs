@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::SessionPolicy;
 use crate::server::ConnectionLimits;
 
 /// How the box proves to the CA that it controls the domain.
@@ -77,6 +78,8 @@ pub struct Settings {
     pub model_metrics_url: Option<String>,
     /// Timeouts and size caps for every connection.
     pub limits: ConnectionLimits,
+    /// Session lifetime and rotation.
+    pub sessions: SessionPolicy,
 }
 
 impl Settings {
@@ -93,6 +96,7 @@ impl Settings {
             supervisor_socket: PathBuf::from("/run/cloister/supervisor.sock"),
             model_metrics_url: None,
             limits: ConnectionLimits::default(),
+            sessions: SessionPolicy::default(),
         }
     }
 }

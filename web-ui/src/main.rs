@@ -125,6 +125,14 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Watch the signals before telling anyone we are ready, so a stop that comes right
+        // after READY=1 is a clean stop.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot watch SIGTERM")?;
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("cannot watch SIGINT")?;
         let server = cloister_web_ui::start(settings).await?;
         let facts = server.state.resolver.facts();
         println!("web-ui: HTTPS on {}", server.https_address);
@@ -153,13 +161,9 @@ fn main() -> anyhow::Result<()> {
         }
         // Not under systemd or the supervisor: nothing to notify, and that is fine.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        let stop = tokio::signal::ctrl_c();
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("cannot watch SIGTERM")?;
         tokio::select! {
-            _ = stop => {}
             _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
         server.stop().await;
         Ok(())

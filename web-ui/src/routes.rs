@@ -22,10 +22,7 @@ use sha2::{Digest, Sha384};
 
 use crate::acme::{CertificateManager, HttpChallenges};
 use crate::api::{self, BodyError};
-use crate::auth::{
-    self, AuthError, Passkeys, RateLimiter, SESSION_ABSOLUTE_MAX_S, SESSION_LIFETIME_S,
-    SESSION_ROTATE_AFTER_S,
-};
+use crate::auth::{self, AuthError, Passkeys, RateLimiter};
 use crate::clock::now_s;
 use crate::config::Settings;
 use crate::console;
@@ -235,11 +232,12 @@ async fn rotate_session(State(state): Shared, mut request: Request, next: Next) 
         Ok(Some(session)) => session,
         _ => return next.run(request).await,
     };
-    if now - session.created_at_s < SESSION_ROTATE_AFTER_S {
+    let policy = state.settings.sessions;
+    if now - session.created_at_s < policy.rotate_after_s {
         return next.run(request).await;
     }
     let new_token = random_hex(32);
-    let expires = (now + SESSION_LIFETIME_S).min(session.signed_in_at_s + SESSION_ABSOLUTE_MAX_S);
+    let expires = (now + policy.lifetime_s).min(session.signed_in_at_s + policy.absolute_max_s);
     if !matches!(
         state.store.rotate_session(&token, &new_token, now, expires),
         Ok(true)
@@ -278,7 +276,7 @@ fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<User> {
     let token = cookie(headers, SESSION_COOKIE).filter(|v| is_token_shaped(v))?;
     let now = now_s();
     let session = state.store.session(token, now).ok()??;
-    if now - session.signed_in_at_s >= SESSION_ABSOLUTE_MAX_S {
+    if now - session.signed_in_at_s >= state.settings.sessions.absolute_max_s {
         return None;
     }
     state
@@ -371,7 +369,13 @@ fn open_session(state: &AppState, user_id: &[u8; 16]) -> Result<HeaderValue, Res
     let now = now_s();
     state
         .store
-        .create_session(&token, user_id, now, now + SESSION_LIFETIME_S, now)
+        .create_session(
+            &token,
+            user_id,
+            now,
+            now + state.settings.sessions.lifetime_s,
+            now,
+        )
         .map_err(|_| {
             error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -381,7 +385,7 @@ fn open_session(state: &AppState, user_id: &[u8; 16]) -> Result<HeaderValue, Res
     Ok(host_cookie(
         SESSION_COOKIE,
         &token,
-        SESSION_LIFETIME_S,
+        state.settings.sessions.lifetime_s,
         true,
     ))
 }

@@ -1,5 +1,5 @@
 //! ACME against a real Pebble (Debian's `pebble` package): issuance with TLS-ALPN-01 and
-//! with HTTP-01, renewal of a short-lived certificate, the old certificate still served
+//! with HTTP-01, external account binding, renewal of a short-lived certificate, the old certificate still served
 //! while the CA is unreachable, and a restart that serves the stored certificate without
 //! issuing again.
 //!
@@ -66,6 +66,17 @@ impl Pebble {
     /// Starts Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`,
     /// issuing certificates valid for `validity_s` seconds.
     fn start(http_port: u16, tls_port: u16, validity_s: u64) -> Self {
+        Self::start_with_eab(http_port, tls_port, validity_s, None)
+    }
+
+    /// Like [`Self::start`]; with `eab` (key id, base64url MAC key) Pebble requires external
+    /// account binding.
+    fn start_with_eab(
+        http_port: u16,
+        tls_port: u16,
+        validity_s: u64,
+        eab: Option<(&str, &str)>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // The API certificate: a CA of our own and a leaf for localhost signed by it.
@@ -130,7 +141,7 @@ impl Pebble {
         let management_port = free_port();
         let dns_port = free_port();
         let dns_management_port = free_port();
-        let config = serde_json::json!({"pebble": {
+        let mut config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{api_port}"),
             "managementListenAddress": format!("127.0.0.1:{management_port}"),
             "certificate": d.join("api.pem"),
@@ -141,6 +152,10 @@ impl Pebble {
             "externalAccountBindingRequired": false,
             "certificateValidityPeriod": validity_s,
         }});
+        if let Some((kid, key)) = eab {
+            config["pebble"]["externalAccountBindingRequired"] = true.into();
+            config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ kid: key });
+        }
         std::fs::write(d.join("pebble.json"), config.to_string()).unwrap();
         let dns = Command::new("pebble-challtestsrv")
             .args([
@@ -434,5 +449,55 @@ async fn a_short_lived_certificate_is_renewed_and_kept_while_the_ca_is_down() {
     )
     .await;
     assert_eq!(common::status_of(&answer), Some(200));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_is_sent_when_configured() {
+    if pebble_missing() {
+        return;
+    }
+    use base64::Engine as _;
+    const KID: &str = "kid-cloister";
+    const KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let (https_port, http_port) = (free_port(), free_port());
+    let pebble = Pebble::start_with_eab(http_port, https_port, 3600, Some((KID, KEY)));
+
+    // Without the binding the CA refuses the account, and the box keeps its self-signed
+    // certificate.
+    let state = tempfile::tempdir().unwrap();
+    let server = cloister_web_ui::start(settings(
+        state.path(),
+        https_port,
+        http_port,
+        pebble.acme_settings(ChallengeKind::TlsAlpn01),
+    ))
+    .await
+    .unwrap();
+    let manager = server.state.certificates.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while manager.status().last_error.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "an account without EAB was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(server.state.resolver.facts().self_signed);
+    assert!(manager.status().account_url.is_none());
+    server.stop().await;
+
+    // With it, issuance works.
+    let mut acme = pebble.acme_settings(ChallengeKind::TlsAlpn01);
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(KEY)
+        .unwrap();
+    acme.external_account = Some((KID.to_owned(), key));
+    let state = tempfile::tempdir().unwrap();
+    let server = cloister_web_ui::start(settings(state.path(), https_port, http_port, acme))
+        .await
+        .unwrap();
+    let issued = wait_for_issued(&server, None, Duration::from_secs(90)).await;
+    assert_eq!(issued.names, vec![DOMAIN.to_owned()]);
     server.stop().await;
 }

@@ -110,6 +110,8 @@ try {
   await owner.page.goto(base + "/console");
   const services = await owner.page.textContent("#services");
   check("the console shows the supervisor's services", services.includes("model-runner") && services.includes("running"), services.slice(0, 200));
+  const model = await owner.page.textContent("#model");
+  check("the console shows the model's queue and KV use", model.includes("cloister_queue_depth") && model.includes("SmolLM2-135M") && model.includes("37"), model.slice(0, 200));
   const certificate = await owner.page.textContent("#certificate");
   check("the console shows the certificate and its expiry", certificate.includes("self-signed") && /days left/.test(certificate));
   const logs = await owner.page.textContent("#logs");

@@ -131,6 +131,31 @@ pub fn status_of(answer: &[u8]) -> Option<u16> {
     line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
+/// Serves Prometheus text at `http://127.0.0.1:PORT/metrics`, as model-runner does; returns
+/// the URL.
+pub async fn spawn_metrics_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 2048];
+                let _ = stream.read(&mut buffer).await;
+                let body = "# TYPE cloister_queue_depth gauge\ncloister_queue_depth 2\n# TYPE cloister_kv_blocks_used gauge\ncloister_kv_blocks_used{model=\"SmolLM2-135M\"} 37\n";
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{address}/metrics")
+}
+
 /// Answers the supervisor's control protocol (`list`, `logs`) on `path`, forever.
 pub fn spawn_supervisor_socket(path: &Path) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::UnixListener::bind(path).unwrap();
