@@ -16,7 +16,7 @@ fn dependent_waits_for_ready_and_spoofed_ready_is_rejected() {
         &[
             (
                 "db",
-                service(&["sleep", "1500", "ready", "status", "accepting connections"])
+                service(&["sleep", "3000", "ready", "status", "accepting connections"])
                     + "ready = \"notify\"\nstart_timeout_ms = 20000\n",
             ),
             ("app", service(&[]) + "requires = [\"db\"]\n"),
