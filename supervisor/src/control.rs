@@ -48,6 +48,10 @@ pub enum Request {
         /// How many lines (default 100).
         #[serde(default)]
         lines: Option<usize>,
+        /// Keep the connection open and send each new line as it comes, one [`LogLine`]
+        /// object per line, after the reply.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        follow: bool,
     },
     /// Stop every service in order, then power off.
     Poweroff,
@@ -191,6 +195,12 @@ impl ControlClient {
         Ok(serde_json::from_str(&line)?)
     }
 
+    /// After a `logs` request with `follow`: the next line of the service's output.
+    pub fn next_log_line(&mut self) -> Result<LogLine, ControlError> {
+        let line = self.read_line()?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
     fn read_line(&mut self) -> Result<String, ControlError> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
@@ -218,6 +228,7 @@ mod tests {
                 Request::Logs {
                     service: "a".into(),
                     lines: Some(5),
+                    follow: false,
                 },
                 r#"{"cmd":"logs","service":"a","lines":5}"#,
             ),
@@ -231,7 +242,17 @@ mod tests {
             serde_json::from_str::<Request>(r#"{"cmd":"logs","service":"a"}"#).unwrap(),
             Request::Logs {
                 service: "a".into(),
-                lines: None
+                lines: None,
+                follow: false,
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"logs","service":"a","follow":true}"#)
+                .unwrap(),
+            Request::Logs {
+                service: "a".into(),
+                lines: None,
+                follow: true,
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());

@@ -76,6 +76,13 @@ enum Input {
         reply: oneshot::Sender<Response>,
     },
     Subscribe(mpsc::Sender<String>),
+    /// A `logs` request with `follow`: reply with the tail and register `lines`, in one step
+    /// so that no line is lost or sent twice in between.
+    FollowLogs {
+        request: Request,
+        reply: oneshot::Sender<Response>,
+        lines: mpsc::Sender<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +205,8 @@ struct Supervisor {
     manifest_errors: Vec<String>,
     input: mpsc::Sender<Input>,
     subscribers: Vec<mpsc::Sender<String>>,
+    /// Connections following a service's log: (service, queue).
+    log_followers: Vec<(usize, mpsc::Sender<String>)>,
     shutdown: Option<Shutdown>,
     stop_results: Vec<ServiceStopResult>,
     cgroups: Option<CgroupTree>,
@@ -275,6 +284,7 @@ impl Supervisor {
             manifest_errors,
             input,
             subscribers: Vec::new(),
+            log_followers: Vec::new(),
             shutdown: None,
             stop_results: Vec::new(),
             cgroups,
@@ -880,11 +890,19 @@ impl Supervisor {
                 let s = &mut self.services[service];
                 let mut console = std::io::stderr().lock();
                 let _ = writeln!(console, "{}[{pid}]: {text}", s.manifest.name);
-                s.logs.push(LogLine {
+                let line = LogLine {
                     at_ms: unix_ms(),
                     stream,
                     text,
-                });
+                };
+                if self.log_followers.iter().any(|(i, _)| *i == service)
+                    && let Ok(mut json) = serde_json::to_string(&line)
+                {
+                    json.push('\n');
+                    self.log_followers
+                        .retain(|(i, tx)| *i != service || tx.try_send(json.clone()).is_ok());
+                }
+                s.logs.push(line);
             }
             Input::Notify {
                 service,
@@ -896,6 +914,21 @@ impl Supervisor {
                 let _ = reply.send(response);
             }
             Input::Subscribe(tx) => self.subscribers.push(tx),
+            Input::FollowLogs {
+                request,
+                reply,
+                lines,
+            } => {
+                let service = match &request {
+                    Request::Logs { service, .. } => self.by_name.get(service).copied(),
+                    _ => None,
+                };
+                let response = self.on_request(request);
+                if let (true, Some(i)) = (response.ok, service) {
+                    self.log_followers.push((i, lines));
+                }
+                let _ = reply.send(response);
+            }
         }
     }
 
@@ -1474,6 +1507,23 @@ async fn serve_connection(stream: UnixStream, input: mpsc::Sender<Input>) {
                     return;
                 }
                 if write_json(&mut writer, &Response::ok()).await.is_ok() {
+                    forward_events(rx, writer).await;
+                }
+                return;
+            }
+            Ok(request @ Request::Logs { follow: true, .. }) => {
+                let (reply, answer) = oneshot::channel();
+                let (lines, rx) = mpsc::channel(SUBSCRIBER_QUEUE_EVENTS);
+                let follow = Input::FollowLogs {
+                    request,
+                    reply,
+                    lines,
+                };
+                if input.send(follow).await.is_err() {
+                    return;
+                }
+                let Ok(response) = answer.await else { return };
+                if write_json(&mut writer, &response).await.is_ok() && response.ok {
                     forward_events(rx, writer).await;
                 }
                 return;

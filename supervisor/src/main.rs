@@ -66,6 +66,9 @@ enum CtlAction {
         /// How many lines.
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
+        /// Keep printing new lines as they come.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Stop every service in order and power off.
     Poweroff,
@@ -112,9 +115,14 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         CtlAction::Start { service } => Request::Start { service },
         CtlAction::Stop { service } => Request::Stop { service },
         CtlAction::Restart { service } => Request::Restart { service },
-        CtlAction::Logs { service, lines } => Request::Logs {
+        CtlAction::Logs {
+            service,
+            lines,
+            follow,
+        } => Request::Logs {
             service,
             lines: Some(lines),
+            follow,
         },
         CtlAction::Poweroff => Request::Poweroff,
         CtlAction::Reboot => Request::Reboot,
@@ -152,6 +160,12 @@ fn ctl(args: CtlArgs) -> anyhow::Result<()> {
     }
     if let Some(lines) = &response.lines {
         for l in lines {
+            println!("{} {:?} {}", l.at_ms, l.stream, l.text);
+        }
+    }
+    if matches!(request, Request::Logs { follow: true, .. }) {
+        loop {
+            let l = client.next_log_line()?;
             println!("{} {:?} {}", l.at_ms, l.stream, l.text);
         }
     }

@@ -21,6 +21,7 @@ fn control_socket_starts_stops_restarts_and_tails_logs() {
         let logs = harness.request(&Request::Logs {
             service: "web".into(),
             lines: Some(10),
+            follow: false,
         });
         logs.lines
             .unwrap()
@@ -133,6 +134,7 @@ fn logs_keep_long_lines_and_invalid_utf8() {
             .request(&Request::Logs {
                 service: "chatty".into(),
                 lines: None,
+                follow: false,
             })
             .lines
             .unwrap();
@@ -168,6 +170,7 @@ fn user_group_and_open_file_limit_are_applied() {
             .request(&Request::Logs {
                 service: "dropped".into(),
                 lines: None,
+                follow: false,
             })
             .lines
             .unwrap();
@@ -360,4 +363,30 @@ fn memory_max_lands_in_the_service_cgroup_where_cgroup_v2_has_the_controller() {
         "{mount}{relative}/memory.max"
     )));
     assert_eq!(max.trim(), (48u64 << 20).to_string());
+}
+
+#[test]
+fn following_a_log_streams_every_new_line_after_the_tail() {
+    let harness = Harness::start(&[(
+        "ticker",
+        shell("i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done"),
+    )]);
+    harness.wait_for_state("ticker", "running", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = harness.client();
+    let reply = client
+        .request(&Request::Logs {
+            service: "ticker".into(),
+            lines: Some(2),
+            follow: true,
+        })
+        .unwrap();
+    let tail = reply.lines.unwrap();
+    assert_eq!(tail.len(), 2);
+    let number = |text: &str| text.strip_prefix("tick ").unwrap().parse::<u32>().unwrap();
+    let first = number(&tail[1].text) + 1;
+    for expected in first..first + 5 {
+        let line = client.next_log_line().unwrap();
+        assert_eq!(number(&line.text), expected, "a line was lost or repeated");
+    }
 }
