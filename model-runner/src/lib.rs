@@ -11,4 +11,6 @@ mod mmap;
 pub mod model;
 pub mod quant;
 pub mod sampling;
+pub mod server;
+pub mod service;
 pub mod tokenizer;
