@@ -76,6 +76,8 @@ pub struct Settings {
     pub supervisor_socket: PathBuf,
     /// model-runner's Prometheus endpoint, `http://127.0.0.1:PORT/metrics`.
     pub model_metrics_url: Option<String>,
+    /// The image's published `measurements.json` (docs/measurements.md), shown in the console.
+    pub measurements_file: Option<PathBuf>,
     /// Timeouts and size caps for every connection.
     pub limits: ConnectionLimits,
     /// Session lifetime and rotation.
@@ -95,6 +97,7 @@ impl Settings {
             acme: None,
             supervisor_socket: PathBuf::from("/run/cloister/supervisor.sock"),
             model_metrics_url: None,
+            measurements_file: None,
             limits: ConnectionLimits::default(),
             sessions: SessionPolicy::default(),
         }

@@ -175,11 +175,39 @@ pub async fn model_metrics(url: &str) -> Option<Vec<Sample>> {
     tokio::time::timeout(PART_TIMEOUT, fetch).await.ok()?
 }
 
+/// The registers of a `measurements.json` (docs/measurements.md), in order, as
+/// `(register, lower-case hex)`; registers that are absent or not hex are left out.
+pub fn parse_measurements(text: &str) -> Vec<(String, String)> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Vec::new();
+    };
+    ["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"]
+        .iter()
+        .filter_map(|register| {
+            let hex = value.get(register)?.as_str()?;
+            let valid = hex.len() == 96 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+            valid.then(|| ((*register).to_owned(), hex.to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+/// Reads the expected measurements from `path` (at most 1 MiB).
+pub async fn expected_measurements(path: &Path) -> Option<Vec<(String, String)>> {
+    let file = tokio::fs::File::open(path).await.ok()?;
+    let mut text = String::new();
+    file.take(MAX_ANSWER_BYTES)
+        .read_to_string(&mut text)
+        .await
+        .ok()?;
+    Some(parse_measurements(&text))
+}
+
 /// Runs every parser of other parts' answers on `data`; for the fuzz target and its corpus
 /// test.
 pub fn parse_everything(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = parse_prometheus(&text);
+    let _ = parse_measurements(&text);
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
         let _ = parse_services(&value);
     }
@@ -217,6 +245,24 @@ mod tests {
         ] {
             parse_everything(input);
         }
+    }
+
+    #[test]
+    fn measurements_keep_only_hex_registers() {
+        let good = "a".repeat(96);
+        let text = format!(
+            "{{\"mrtd\":\"{good}\",\"rtmr0\":\"zz\",\"rtmr2\":\"{}\",\"events\":{{}}}}",
+            "B".repeat(96)
+        );
+        let registers = parse_measurements(&text);
+        assert_eq!(
+            registers,
+            vec![
+                ("mrtd".to_owned(), good),
+                ("rtmr2".to_owned(), "b".repeat(96))
+            ]
+        );
+        assert!(parse_measurements("not json").is_empty());
     }
 
     #[test]

@@ -73,6 +73,9 @@ struct Arguments {
     /// model-runner's metrics URL (http://127.0.0.1:PORT/metrics).
     #[arg(long)]
     model_metrics_url: Option<String>,
+    /// The image's published measurements.json, shown in the console.
+    #[arg(long)]
+    measurements_file: Option<PathBuf>,
 }
 
 fn settings(arguments: Arguments) -> anyhow::Result<Settings> {
@@ -84,6 +87,7 @@ fn settings(arguments: Arguments) -> anyhow::Result<Settings> {
     settings.domain = arguments.domain;
     settings.supervisor_socket = arguments.supervisor_socket;
     settings.model_metrics_url = arguments.model_metrics_url;
+    settings.measurements_file = arguments.measurements_file;
     if let Some(directory) = arguments.acme_directory {
         let mut acme = AcmeSettings::new(directory);
         acme.challenge = match arguments.acme_challenge {

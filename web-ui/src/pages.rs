@@ -192,6 +192,8 @@ pub struct ConsoleView<'a> {
     pub users: &'a [(User, Vec<StoredPasskey>)],
     /// Invitations.
     pub invitations: &'a [Invitation],
+    /// The image's expected measurements, or `None` if no file is configured or readable.
+    pub measurements: Option<&'a [(String, String)]>,
     /// Recent log lines, or `None` if unavailable.
     pub logs: Option<&'a [String]>,
     /// Now, seconds since the Unix epoch.
@@ -278,8 +280,27 @@ pub fn console(view: &ConsoleView<'_>) -> String {
         }
     }
     html.push_str(
-        "</dl></section><section id=\"attestation\"><h2>Measurements and attestation</h2>\
-<p class=\"warn\">Not available in this build: the attestation endpoint is not built yet.</p></section>",
+        "</dl></section><section id=\"attestation\"><h2>Measurements and attestation</h2>",
+    );
+    match view.measurements {
+        Some(registers) if !registers.is_empty() => {
+            html.push_str(
+                "<p>Expected launch measurements, as published with this image:</p><table>",
+            );
+            for (register, hex) in registers {
+                let _ = write!(
+                    html,
+                    "<tr><td>{}</td><td><code>{}</code></td></tr>",
+                    escape(register),
+                    escape(hex)
+                );
+            }
+            html.push_str("</table>");
+        }
+        _ => html.push_str("<p class=\"warn\">No measurements file is configured.</p>"),
+    }
+    html.push_str(
+        "<p class=\"warn\">Attestation status: not available in this build (the quote endpoint is not built yet).</p></section>",
     );
     html.push_str("<section id=\"users\"><h2>Users</h2><ul>");
     for (user, passkeys) in view.users {
@@ -385,6 +406,7 @@ mod tests {
             acme: None,
             users: &users,
             invitations: &[],
+            measurements: None,
             logs: Some(&["<b>log</b>".to_owned()]),
             now_s: 0,
         });

@@ -487,6 +487,10 @@ async fn console_page(
             None => None,
         }
     });
+    let measurements = match &state.settings.measurements_file {
+        Some(path) => console::expected_measurements(path).await,
+        None => None,
+    };
     let logs = match &services {
         Some(services) => console::recent_logs(&socket, services, 50).await,
         None => None,
@@ -511,6 +515,7 @@ async fn console_page(
         acme: acme.as_ref(),
         users: &users,
         invitations: &invitations,
+        measurements: measurements.as_deref(),
         logs: logs.as_deref(),
         now_s: now_s(),
     });

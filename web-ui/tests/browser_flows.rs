@@ -47,6 +47,14 @@ async fn owner_setup_invitation_usernameless_sign_in_prf_and_revocation() {
     settings.http_port = None;
     settings.supervisor_socket = supervisor_socket;
     settings.model_metrics_url = Some(common::spawn_metrics_endpoint().await);
+    let measurements = state.path().join("measurements.json");
+    let mrtd = "5e".repeat(48);
+    std::fs::write(
+        &measurements,
+        format!("{{\"mrtd\":\"{mrtd}\",\"events\":{{}}}}"),
+    )
+    .unwrap();
+    settings.measurements_file = Some(measurements);
     let server = cloister_web_ui::start(settings).await.unwrap();
     let setup_code = server.setup_code.clone().unwrap();
     let spki = server.state.resolver.facts().spki_sha256_base64;

@@ -112,6 +112,8 @@ try {
   check("the console shows the supervisor's services", services.includes("model-runner") && services.includes("running"), services.slice(0, 200));
   const model = await owner.page.textContent("#model");
   check("the console shows the model's queue and KV use", model.includes("cloister_queue_depth") && model.includes("SmolLM2-135M") && model.includes("37"), model.slice(0, 200));
+  const attestation = await owner.page.textContent("#attestation");
+  check("the console shows the expected measurements", attestation.includes("mrtd") && attestation.includes("5e5e5e5e"), attestation.slice(0, 120));
   const certificate = await owner.page.textContent("#certificate");
   check("the console shows the certificate and its expiry", certificate.includes("self-signed") && /days left/.test(certificate));
   const logs = await owner.page.textContent("#logs");
