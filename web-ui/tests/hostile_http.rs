@@ -339,3 +339,55 @@ async fn sign_in_attempts_are_rate_limited_per_address() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_serves_pages_and_refuses_oversized_headers() {
+    use http_body_util::{BodyExt, Empty};
+    let (server, _state) = start().await;
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(server.https_address)
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(common::client_config(&[b"h2"]))
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        sender
+    };
+    let mut sender = connect().await;
+    let request = hyper::Request::get("https://localhost/healthz")
+        .body(Empty::<axum::body::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert!(response.headers().contains_key("content-security-policy"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+
+    // A header list far over the limit: refused (431 or a stream/connection error).
+    let request = hyper::Request::get("https://localhost/")
+        .header("x-filler", "a".repeat(64 * 1024))
+        .body(Empty::<axum::body::Bytes>::new())
+        .unwrap();
+    if let Ok(response) = sender.send_request(request).await {
+        assert_eq!(response.status(), 431);
+    }
+    // The server is fine afterwards, on a new connection.
+    let mut sender = connect().await;
+    let request = hyper::Request::get("https://localhost/healthz")
+        .body(Empty::<axum::body::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    server.stop().await;
+}
