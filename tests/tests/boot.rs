@@ -146,6 +146,10 @@ fn the_image_boots_serves_and_powers_off() {
         ("proc", "/proc"),
         ("sysfs", "/sys"),
         ("devtmpfs", "/dev"),
+        ("devpts", "/dev/pts"),
+        ("tmpfs", "/dev/shm"),
+        ("tmpfs", "/run"),
+        ("cgroup2", "/sys/fs/cgroup"),
         ("configfs", "/sys/kernel/config"),
     ] {
         assert!(
