@@ -34,8 +34,9 @@ fn prompt(n: usize, salt: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Runs `streams` sequences of `prompt_len` prompt tokens and `gen` generated tokens;
-/// returns (prefill seconds, generation tokens/s over the decode phase).
+/// Runs `streams` sequences of `prompt_len` prompt tokens and `gen_tokens` generated
+/// tokens; returns (prefill seconds: until every stream has its first token, generation
+/// tokens/s after that).
 fn run(m: &LoadedModel, streams: usize, prompt_len: usize, gen_tokens: usize) -> (f64, f64) {
     let blocks = streams * (prompt_len + gen_tokens).div_ceil(16) + 8;
     let mut e = engine(m, PROMPT_TOKENS.max(streams), blocks);
@@ -51,21 +52,25 @@ fn run(m: &LoadedModel, streams: usize, prompt_len: usize, gen_tokens: usize) ->
         .expect("fits");
     }
     let start = Instant::now();
-    let mut first_done = None;
+    let mut prefill_end = None;
     let mut generated = 0usize;
     while e.has_work() {
         let out = e.step().expect("step");
-        if first_done.is_none() && !out.is_empty() && e.running_len() == streams {
-            first_done = Some(Instant::now());
-        }
         generated += out.iter().filter(|o| o.token.is_some()).count();
+        if prefill_end.is_none() && generated >= streams {
+            prefill_end = Some((Instant::now(), generated));
+        }
     }
     let end = Instant::now();
-    let t0 = first_done.unwrap_or(start);
-    let prefill = (t0 - start).as_secs_f64();
-    // Tokens produced after every stream finished its prefill.
-    let decode_tokens = generated.saturating_sub(streams);
-    (prefill, decode_tokens as f64 / (end - t0).as_secs_f64())
+    let (t0, at_prefill) = prefill_end.unwrap_or((start, 0));
+    let decode_tokens = generated - at_prefill;
+    let decode_s = (end - t0).as_secs_f64();
+    let rate = if decode_s > 0.0 {
+        decode_tokens as f64 / decode_s
+    } else {
+        0.0
+    };
+    ((t0 - start).as_secs_f64(), rate)
 }
 
 fn ratio(name: &str, ours: f64) {

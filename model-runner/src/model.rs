@@ -14,10 +14,13 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::gguf::{Gguf, GgufError, TensorInfo, Value};
+use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
 use crate::kv::{BlockId, KvShape, KvStore};
 use crate::mmap::MappedFile;
-use crate::quant::{Kernel, Q8_BLOCK, Q8Matrix, QuantError, dequantize, matmul_rows, quantize_row};
+use crate::quant::{
+    Kernel, Q4Matrix, Q8_BLOCK, Q8Matrix, QuantError, Weights, dequantize, matmul_rows,
+    quantize_row,
+};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// Longest context the engine serves, whatever the model claims (RoPE tables are built for it).
@@ -88,13 +91,13 @@ impl ModelConfig {
 struct Layer {
     attn_norm: Vec<f32>,
     /// Q, K and V stacked: heads*hd + 2*kv_heads*hd rows.
-    qkv: Q8Matrix,
+    qkv: Weights,
     qkv_bias: Option<Vec<f32>>,
-    wo: Q8Matrix,
+    wo: Weights,
     ffn_norm: Vec<f32>,
     /// Gate and up stacked: 2*ffn rows.
-    gate_up: Q8Matrix,
-    down: Q8Matrix,
+    gate_up: Weights,
+    down: Weights,
 }
 
 /// A loaded model, ready to run.
@@ -102,9 +105,9 @@ struct Layer {
 pub struct Model {
     pub config: ModelConfig,
     pub kernel: Kernel,
-    embed: Q8Matrix,
+    embed: Weights,
     /// None when the output projection is tied to the embedding.
-    output: Option<Q8Matrix>,
+    output: Option<Weights>,
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
     rope_cos: Vec<f32>,
@@ -378,7 +381,44 @@ impl TensorSource<'_> {
             })
     }
 
-    fn matrix(&self, parts: &[(&str, usize)], cols: usize) -> Result<Q8Matrix, ModelError> {
+    /// Stacks the named matrices into one: kept 4-bit when every part is Q4_0/Q4_1 (unless
+    /// `CLOISTER_WEIGHTS=q8`), requantized to 8 bits otherwise.
+    fn matrix(&self, parts: &[(&str, usize)], cols: usize) -> Result<Weights, ModelError> {
+        let four_bit = std::env::var("CLOISTER_WEIGHTS").map_or(true, |v| v != "q8")
+            && parts.iter().all(|(name, _)| {
+                self.info(name)
+                    .is_ok_and(|i| matches!(i.kind, TensorType::Q4_0 | TensorType::Q4_1))
+            });
+        if four_bit {
+            return self.matrix_q4(parts, cols).map(Weights::Q4);
+        }
+        self.matrix_q8(parts, cols).map(Weights::Q8)
+    }
+
+    fn matrix_q4(&self, parts: &[(&str, usize)], cols: usize) -> Result<Q4Matrix, ModelError> {
+        let rows = parts.iter().map(|p| p.1).sum();
+        let mut m = Q4Matrix::with_shape(rows, cols).map_err(|source| ModelError::Quant {
+            name: parts[0].0.into(),
+            source,
+        })?;
+        let mut at = 0;
+        for &(name, r) in parts {
+            let info = self.check(name, &[cols as u64, r as u64])?;
+            let data = &self.bytes[info.offset..info.offset + info.size];
+            let row_bytes = info.size / r;
+            for i in 0..r {
+                m.set_row_from_gguf(at + i, info.kind, &data[i * row_bytes..(i + 1) * row_bytes])
+                    .map_err(|source| ModelError::Quant {
+                        name: name.into(),
+                        source,
+                    })?;
+            }
+            at += r;
+        }
+        Ok(m)
+    }
+
+    fn matrix_q8(&self, parts: &[(&str, usize)], cols: usize) -> Result<Q8Matrix, ModelError> {
         let rows = parts.iter().map(|p| p.1).sum();
         let mut m = Q8Matrix::with_shape(rows, cols).map_err(|source| ModelError::Quant {
             name: parts[0].0.into(),
@@ -666,7 +706,7 @@ impl Model {
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
-        w: &Q8Matrix,
+        w: &Weights,
         x: &[f32],
         cols: usize,
         tokens: usize,
@@ -678,14 +718,15 @@ impl Model {
             xq.cols = cols;
         }
         xq.quantize_from(x, tokens);
-        transposed.resize(w.rows * tokens, 0.0);
-        out.resize(w.rows * tokens, 0.0);
+        let w_rows = w.rows();
+        transposed.resize(w_rows * tokens, 0.0);
+        out.resize(w_rows * tokens, 0.0);
         if tokens == 0 {
             return;
         }
         let threads = self.threads.current_num_threads();
         // Rows per task: a multiple of 4, about 4 tasks per thread for balance.
-        let rows_per_task = (w.rows.div_ceil(threads * 4)).div_ceil(4) * 4;
+        let rows_per_task = (w_rows.div_ceil(threads * 4)).div_ceil(4) * 4;
         let kernel = self.kernel;
         let xq = &*xq;
         transposed
@@ -693,12 +734,12 @@ impl Model {
             .enumerate()
             .for_each(|(i, chunk)| {
                 let start = i * rows_per_task;
-                let end = (start + rows_per_task).min(w.rows);
+                let end = (start + rows_per_task).min(w_rows);
                 matmul_rows(kernel, w, xq, start..end, chunk);
             });
-        for j in 0..w.rows {
+        for j in 0..w_rows {
             for t in 0..tokens {
-                out[t * w.rows + j] = transposed[j * tokens + t];
+                out[t * w_rows + j] = transposed[j * tokens + t];
             }
         }
     }

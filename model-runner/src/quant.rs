@@ -158,6 +158,9 @@ pub struct Q8Matrix {
     pub quants: Vec<i8>,
     /// `rows * cols / 32` scales, row-major.
     pub scales: Vec<f32>,
+    /// Per block, the sum of its dequantized values; filled only for activations (the
+    /// 4-bit kernels need it for the weights' minimum).
+    pub block_sums: Vec<f32>,
 }
 
 impl Q8Matrix {
@@ -171,6 +174,7 @@ impl Q8Matrix {
             cols,
             quants: vec![0; rows * cols],
             scales: vec![0.0; rows * cols / Q8_BLOCK],
+            block_sums: Vec::new(),
         })
     }
 
@@ -197,6 +201,17 @@ impl Q8Matrix {
         for r in 0..rows {
             self.set_row(r, &x[r * self.cols..(r + 1) * self.cols]);
         }
+        self.block_sums.clear();
+        for (q, &d) in self.quants.chunks_exact(Q8_BLOCK).zip(&self.scales) {
+            let s: i32 = q.iter().map(|&v| i32::from(v)).sum();
+            self.block_sums.push(s as f32 * d);
+        }
+    }
+
+    /// Row `r`'s per-block sums (activations only).
+    fn row_sums(&self, r: usize) -> &[f32] {
+        let n = self.cols / Q8_BLOCK;
+        &self.block_sums[r * n..(r + 1) * n]
     }
 
     /// Row `r`'s quantized values and scales.
@@ -223,6 +238,121 @@ impl Q8Matrix {
     }
 }
 
+/// Rows of 4-bit values as GGUF's Q4_0 and Q4_1 store them (byte i of a block holds
+/// element i in its low nibble and element i + 16 in its high one), with the block's scale
+/// and minimum as f32: value = q * scale + min. Kept as loaded: no requantization, and half
+/// the memory traffic of the 8-bit layout.
+#[derive(Debug, Clone, Default)]
+pub struct Q4Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    /// `rows * cols / 2` bytes.
+    pub nibbles: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub mins: Vec<f32>,
+}
+
+impl Q4Matrix {
+    /// An empty matrix of `rows` x `cols`.
+    pub fn with_shape(rows: usize, cols: usize) -> Result<Q4Matrix, QuantError> {
+        if !cols.is_multiple_of(Q8_BLOCK) {
+            return Err(QuantError::BadRowLength(cols));
+        }
+        Ok(Q4Matrix {
+            rows,
+            cols,
+            nibbles: vec![0; rows * cols / 2],
+            scales: vec![0.0; rows * cols / Q8_BLOCK],
+            mins: vec![0.0; rows * cols / Q8_BLOCK],
+        })
+    }
+
+    /// Copies row `row` from GGUF Q4_0 or Q4_1 blocks.
+    pub fn set_row_from_gguf(
+        &mut self,
+        row: usize,
+        kind: TensorType,
+        bytes: &[u8],
+    ) -> Result<(), QuantError> {
+        let blocks = self.cols / Q8_BLOCK;
+        let (block_bytes, data_at) = match kind {
+            TensorType::Q4_0 => (18, 2),
+            TensorType::Q4_1 => (20, 4),
+            other => return Err(QuantError::Unsupported(other)),
+        };
+        if bytes.len() != blocks * block_bytes {
+            return Err(QuantError::BadRowLength(self.cols));
+        }
+        for (i, b) in bytes.chunks_exact(block_bytes).enumerate() {
+            let at = row * blocks + i;
+            let d = f16_at(b, 0);
+            self.scales[at] = d;
+            self.mins[at] = if kind == TensorType::Q4_1 {
+                f16_at(b, 2)
+            } else {
+                -8.0 * d
+            };
+            self.nibbles[at * 16..at * 16 + 16].copy_from_slice(&b[data_at..data_at + 16]);
+        }
+        Ok(())
+    }
+
+    fn row(&self, r: usize) -> Q4Row<'_> {
+        let n = self.cols / Q8_BLOCK;
+        Q4Row {
+            nibbles: &self.nibbles[r * n * 16..(r + 1) * n * 16],
+            scales: &self.scales[r * n..(r + 1) * n],
+            mins: &self.mins[r * n..(r + 1) * n],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Q4Row<'a> {
+    nibbles: &'a [u8],
+    scales: &'a [f32],
+    mins: &'a [f32],
+}
+
+/// A weight matrix in one of the layouts the kernels run on.
+#[derive(Debug, Clone)]
+pub enum Weights {
+    Q8(Q8Matrix),
+    Q4(Q4Matrix),
+}
+
+impl Weights {
+    /// Dequantizes row `r` into `out`.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Weights::Q8(m) => m.row_f32(r, out),
+            Weights::Q4(m) => {
+                let row = m.row(r);
+                for (i, (nib, o)) in row
+                    .nibbles
+                    .chunks_exact(16)
+                    .zip(out.chunks_exact_mut(Q8_BLOCK))
+                    .enumerate()
+                {
+                    let (d, mn) = (row.scales[i], row.mins[i]);
+                    for k in 0..16 {
+                        o[k] = f32::from(nib[k] & 0xf) * d + mn;
+                        o[k + 16] = f32::from(nib[k] >> 4) * d + mn;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        match self {
+            Weights::Q8(m) => m.rows,
+            Weights::Q4(m) => m.rows,
+        }
+    }
+}
+
 /// Quantizes one row `x` into 8-bit values `q` and per-block scales `s`.
 pub fn quantize_row(x: &[f32], q: &mut [i8], s: &mut [f32]) {
     for ((xb, qb), sb) in x
@@ -234,7 +364,9 @@ pub fn quantize_row(x: &[f32], q: &mut [i8], s: &mut [f32]) {
         let d = amax / 127.0;
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
         for (qv, &xv) in qb.iter_mut().zip(xb) {
-            *qv = (xv * inv).round().clamp(-127.0, 127.0) as i8;
+            // Round half away from zero with a truncating cast: `f32::round` is a libm call.
+            let v = xv * inv;
+            *qv = (v + 0.5f32.copysign(v)).clamp(-127.0, 127.0) as i8;
         }
         *sb = d;
     }
@@ -270,23 +402,57 @@ impl Kernel {
 /// disjoint range of rows, so each owns a contiguous piece of `out`.
 pub fn matmul_rows(
     kernel: Kernel,
-    w: &Q8Matrix,
+    w: &Weights,
     x: &Q8Matrix,
     rows: std::ops::Range<usize>,
     out: &mut [f32],
 ) {
-    debug_assert_eq!(w.cols, x.cols);
+    match w {
+        Weights::Q8(w) => matmul_rows_with(
+            x,
+            rows,
+            out,
+            |j| w.row(j),
+            |r, xr, xt| dot4(kernel, r, xr, xt),
+            |r, xr, xt| dot(kernel, r, xr, xt),
+        ),
+        Weights::Q4(w) => matmul_rows_with(
+            x,
+            rows,
+            out,
+            |j| w.row(j),
+            |r, xr, xt| dot4_q4(kernel, r, xr, xt),
+            |r, xr, xt| dot_q4(kernel, r, xr, xt),
+        ),
+    }
+}
+
+/// The loop shared by every layout: four weight rows at a time, so each activation block is
+/// loaded once for four dots; the remainder one at a time (with results equal to the
+/// four-row path, bit for bit).
+fn matmul_rows_with<R: Copy>(
+    x: &Q8Matrix,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+    row: impl Fn(usize) -> R,
+    four: impl Fn([R; 4], (&[i8], &[f32]), &[f32]) -> [f32; 4],
+    one: impl Fn(R, (&[i8], &[f32]), &[f32]) -> f32,
+) {
     let tokens = x.rows;
-    // Four weight rows at a time, so each activation block is loaded once for four dots.
+    let empty: &[f32] = &[];
+    let sums = |t: usize| {
+        if x.block_sums.is_empty() {
+            empty
+        } else {
+            x.row_sums(t)
+        }
+    };
     let mut j = rows.start;
     while j + 4 <= rows.end {
         let base = (j - rows.start) * tokens;
+        let w = [row(j), row(j + 1), row(j + 2), row(j + 3)];
         for t in 0..tokens {
-            let d = dot4(
-                kernel,
-                [w.row(j), w.row(j + 1), w.row(j + 2), w.row(j + 3)],
-                x.row(t),
-            );
+            let d = four(w, x.row(t), sums(t));
             for (k, v) in d.into_iter().enumerate() {
                 out[base + k * tokens + t] = v;
             }
@@ -296,14 +462,14 @@ pub fn matmul_rows(
     while j < rows.end {
         let base = (j - rows.start) * tokens;
         for t in 0..tokens {
-            out[base + t] = dot(kernel, w.row(j), x.row(t));
+            out[base + t] = one(row(j), x.row(t), sums(t));
         }
         j += 1;
     }
 }
 
 /// One dot product of two quantized rows.
-pub fn dot(kernel: Kernel, a: (&[i8], &[f32]), b: (&[i8], &[f32])) -> f32 {
+pub fn dot(kernel: Kernel, a: (&[i8], &[f32]), b: (&[i8], &[f32]), _sums: &[f32]) -> f32 {
     match kernel {
         Kernel::Portable => dot_portable(a, b),
         #[cfg(target_arch = "x86_64")]
@@ -312,13 +478,48 @@ pub fn dot(kernel: Kernel, a: (&[i8], &[f32]), b: (&[i8], &[f32])) -> f32 {
     }
 }
 
-fn dot4(kernel: Kernel, a: [(&[i8], &[f32]); 4], b: (&[i8], &[f32])) -> [f32; 4] {
+fn dot4(kernel: Kernel, a: [(&[i8], &[f32]); 4], b: (&[i8], &[f32]), _sums: &[f32]) -> [f32; 4] {
     match kernel {
         Kernel::Portable => a.map(|r| dot_portable(r, b)),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
         Kernel::Avx2 => unsafe { avx2::dot4(a, b) },
     }
+}
+
+fn dot_q4(kernel: Kernel, a: Q4Row, b: (&[i8], &[f32]), sums: &[f32]) -> f32 {
+    match kernel {
+        Kernel::Portable => dot_q4_portable(a, b, sums),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
+        Kernel::Avx2 => unsafe { avx2::dot4_q4([a, a, a, a], b, sums)[0] },
+    }
+}
+
+fn dot4_q4(kernel: Kernel, a: [Q4Row; 4], b: (&[i8], &[f32]), sums: &[f32]) -> [f32; 4] {
+    match kernel {
+        Kernel::Portable => a.map(|r| dot_q4_portable(r, b, sums)),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
+        Kernel::Avx2 => unsafe { avx2::dot4_q4(a, b, sums) },
+    }
+}
+
+/// sum over blocks of (scale_w * scale_x * sum(q_w * q_x) + min_w * sum(x)).
+fn dot_q4_portable(a: Q4Row, b: (&[i8], &[f32]), sums: &[f32]) -> f32 {
+    let mut acc = 0.0f32;
+    let mut min_acc = 0.0f32;
+    for (i, nib) in a.nibbles.chunks_exact(16).enumerate() {
+        let x = &b.0[i * Q8_BLOCK..(i + 1) * Q8_BLOCK];
+        let mut s = 0i32;
+        for (k, &byte) in nib.iter().enumerate() {
+            s += i32::from(byte & 0xf) * i32::from(x[k])
+                + i32::from(byte >> 4) * i32::from(x[k + 16]);
+        }
+        acc += s as f32 * (a.scales[i] * b.1[i]);
+        min_acc += a.mins[i] * sums[i];
+    }
+    acc + min_acc
 }
 
 fn dot_portable(a: (&[i8], &[f32]), b: (&[i8], &[f32])) -> f32 {
@@ -392,6 +593,45 @@ mod avx2 {
         }
         // SAFETY: AVX2 is enabled in this function.
         unsafe { hsum(acc) }
+    }
+
+    /// Four 4-bit rows against one 8-bit activation row. Weights are unsigned nibbles, so
+    /// maddubs takes them directly; the minimum is added through the activation block sums.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // i indexes four parallel arrays
+    pub(super) unsafe fn dot4_q4(
+        a: [super::Q4Row; 4],
+        b: (&[i8], &[f32]),
+        sums: &[f32],
+    ) -> [f32; 4] {
+        let blocks = b.1.len();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut min_acc = [0.0f32; 4];
+        let low = _mm_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        for i in 0..blocks {
+            // SAFETY: the activation row holds `blocks * 32` bytes.
+            let x = unsafe { _mm256_loadu_si256(b.0.as_ptr().add(i * Q8_BLOCK) as *const __m256i) };
+            for k in 0..4 {
+                // SAFETY: every 4-bit row holds `blocks * 16` bytes.
+                let packed =
+                    unsafe { _mm_loadu_si128(a[k].nibbles.as_ptr().add(i * 16) as *const __m128i) };
+                let lo = _mm_and_si128(packed, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+                let w = _mm256_set_m128i(hi, lo);
+                let pairs = _mm256_maddubs_epi16(w, x);
+                let quads = _mm256_madd_epi16(pairs, ones);
+                let p = _mm256_cvtepi32_ps(quads);
+                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(a[k].scales[i] * b.1[i]), p, acc[k]);
+                min_acc[k] += a[k].mins[i] * sums[i];
+            }
+        }
+        let mut out = [0.0f32; 4];
+        for k in 0..4 {
+            // SAFETY: AVX2 is enabled in this function.
+            out[k] = unsafe { hsum(acc[k]) } + min_acc[k];
+        }
+        out
     }
 
     /// Four dots sharing one right-hand row; each equals `dot(a[k], b)` exactly, since
@@ -473,7 +713,7 @@ mod tests {
         }
         for kernel in kernels {
             let mut out = vec![0.0; 5];
-            matmul_rows(kernel, &w, &x, 0..5, &mut out);
+            matmul_rows(kernel, &Weights::Q8(w.clone()), &x, 0..5, &mut out);
             for r in 0..5 {
                 let exact: f32 = a[r * cols..(r + 1) * cols]
                     .iter()
@@ -486,7 +726,62 @@ mod tests {
                     out[r]
                 );
                 // The 4-row path and the 1-row path agree exactly.
-                assert_eq!(out[r], dot(kernel, w.row(r), x.row(0)));
+                assert_eq!(out[r], dot(kernel, w.row(r), x.row(0), &[]));
+            }
+        }
+    }
+
+    #[test]
+    fn q4_rows_match_their_dequantized_values_on_every_kernel() {
+        let (rows, cols) = (6, 64);
+        let mut gguf = Vec::new();
+        let mut state = 7u32;
+        for _ in 0..rows * cols / 32 {
+            gguf.extend_from_slice(&0x2c00u16.to_le_bytes()); // d = 1/16
+            gguf.extend_from_slice(&0xb800u16.to_le_bytes()); // m = -0.5
+            for _ in 0..16 {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                gguf.push((state >> 16) as u8);
+            }
+        }
+        let mut q4 = Q4Matrix::with_shape(rows, cols).unwrap();
+        let row_bytes = cols / 32 * 20;
+        for r in 0..rows {
+            q4.set_row_from_gguf(
+                r,
+                TensorType::Q4_1,
+                &gguf[r * row_bytes..(r + 1) * row_bytes],
+            )
+            .unwrap();
+        }
+        let w = Weights::Q4(q4);
+        let xf = pseudo_random(cols, 3);
+        let mut x = Q8Matrix::with_shape(1, cols).unwrap();
+        x.quantize_from(&xf, 1);
+        let mut kernels = vec![Kernel::Portable];
+        if Kernel::detect() != Kernel::Portable {
+            kernels.push(Kernel::detect());
+        }
+        for kernel in kernels {
+            let mut out = vec![0.0; rows];
+            matmul_rows(kernel, &w, &x, 0..rows, &mut out);
+            for r in 0..rows {
+                let mut wf = vec![0.0; cols];
+                w.row_f32(r, &mut wf);
+                let mut expect = vec![0.0; cols];
+                dequantize(
+                    TensorType::Q4_1,
+                    &gguf[r * row_bytes..(r + 1) * row_bytes],
+                    &mut expect,
+                )
+                .unwrap();
+                assert_eq!(wf, expect, "row {r} dequantizes as GGUF does");
+                let exact: f32 = wf.iter().zip(&xf).map(|(a, b)| a * b).sum();
+                assert!(
+                    (out[r] - exact).abs() < 0.05,
+                    "{kernel:?} row {r}: {} vs {exact}",
+                    out[r]
+                );
             }
         }
     }
