@@ -641,7 +641,9 @@ pub fn manifest_differences(expected: &Manifest, actual: &Manifest) -> Vec<Strin
 }
 
 /// `build --check MANIFEST`: rebuilds (with or without the model, as the manifest says)
-/// into `opts.out` and returns the differences (empty when reproduced).
+/// into `opts.out` and returns the differences (empty when reproduced): every differing
+/// manifest field and, when the published `initramfs.cpio.zst` lies beside the manifest,
+/// every differing file inside it.
 pub fn check(manifest_path: &Path, opts: &BuildOptions) -> Result<Vec<String>, ImageError> {
     let text = fs::read_to_string(manifest_path)
         .map_err(io(format!("reading {}", manifest_path.display())))?;
@@ -652,7 +654,56 @@ pub fn check(manifest_path: &Path, opts: &BuildOptions) -> Result<Vec<String>, I
     let mut opts = opts.clone();
     opts.no_model = !expected.model_included;
     let built = build(&opts)?;
-    Ok(manifest_differences(&expected, &built.manifest))
+    let mut differences = manifest_differences(&expected, &built.manifest);
+    // Where the published initramfs lies beside the manifest, name the files that differ.
+    let published = manifest_path.with_file_name(INITRAMFS);
+    if expected.initramfs_cpio_sha256 != built.manifest.initramfs_cpio_sha256 && published.is_file()
+    {
+        let old = decompress_initramfs(&published)?;
+        let new = decompress_initramfs(&built.out.join(INITRAMFS))?;
+        differences.extend(initramfs_file_differences(&old, &new)?);
+    }
+    Ok(differences)
+}
+
+fn decompress_initramfs(path: &Path) -> Result<Vec<u8>, ImageError> {
+    let file = fs::File::open(path).map_err(io(format!("opening {}", path.display())))?;
+    zstd::decode_all(std::io::BufReader::new(file))
+        .map_err(io(format!("decompressing {}", path.display())))
+}
+
+/// The paths whose entry (type, mode, device, contents) differs between two cpio archives,
+/// each as `initramfs file PATH: OLD -> NEW` (sha256 of the contents, or `absent`).
+pub fn initramfs_file_differences(old: &[u8], new: &[u8]) -> Result<Vec<String>, ImageError> {
+    let index = |bytes: &[u8]| -> Result<BTreeMap<String, String>, ImageError> {
+        Ok(crate::cpio::parse(bytes)?
+            .into_iter()
+            .map(|e| {
+                let what = format!(
+                    "mode {:o} rdev {:?} mtime {} sha256 {}",
+                    e.mode,
+                    e.rdev,
+                    e.mtime,
+                    sha256_bytes(&e.data)
+                );
+                (format!("/{}", e.path), what)
+            })
+            .collect())
+    };
+    let (a, b) = (index(old)?, index(new)?);
+    let paths: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    Ok(paths
+        .into_iter()
+        .filter(|p| a.get(*p) != b.get(*p))
+        .map(|p| {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "absent".into());
+            format!(
+                "initramfs file {p}: {} -> {}",
+                show(a.get(p)),
+                show(b.get(p))
+            )
+        })
+        .collect())
 }
 
 /// TDVF (`OVMF.fd`) from the pinned `ovmf` package, fetched into the cache and checked.
@@ -725,6 +776,40 @@ mod tests {
         );
         assert!(
             diffs[1].starts_with("outputs.initramfs.cpio.zst: \"44\" -> \"55\""),
+            "{diffs:?}"
+        );
+    }
+
+    #[test]
+    fn differing_initramfs_files_are_named() {
+        let cpio = |init: &[u8], extra: bool| {
+            let mut a = Archive::new();
+            a.file("init", 0o755, FileData::Bytes(init.to_vec()))
+                .unwrap();
+            a.file(
+                "etc/cloister/modules.list",
+                0o644,
+                FileData::Bytes(b"/m.ko\n".to_vec()),
+            )
+            .unwrap();
+            if extra {
+                a.file("etc/extra", 0o755, FileData::Bytes(vec![1]))
+                    .unwrap();
+            }
+            let mut out = Vec::new();
+            a.write_to(&mut out, 0).unwrap();
+            out
+        };
+        let same = initramfs_file_differences(&cpio(b"A", false), &cpio(b"A", false)).unwrap();
+        assert!(same.is_empty());
+        let diffs = initramfs_file_differences(&cpio(b"A", false), &cpio(b"B", true)).unwrap();
+        assert_eq!(diffs.len(), 2, "{diffs:?}");
+        assert!(
+            diffs[0].starts_with("initramfs file /etc/extra: absent -> mode 100755"),
+            "{diffs:?}"
+        );
+        assert!(
+            diffs[1].starts_with("initramfs file /init: mode 100755"),
             "{diffs:?}"
         );
     }
