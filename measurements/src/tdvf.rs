@@ -154,7 +154,10 @@ pub fn find_table_entry<'a>(firmware: &'a [u8], guid: &[u8; 16]) -> Result<&'a [
         return Err(TdvfError::NoTableFooter);
     }
     // The footer's length covers the whole table, the footer entry included.
-    let total = le_u16(firmware, footer_guid_start - 2).ok_or(TdvfError::NoTableFooter)? as usize;
+    let total = footer_guid_start
+        .checked_sub(2)
+        .and_then(|at| le_u16(firmware, at))
+        .ok_or(TdvfError::NoTableFooter)? as usize;
     let mut remaining = total
         .checked_sub(TABLE_ENTRY_TRAILER_BYTES)
         .ok_or(TdvfError::BadTable("the table is shorter than its footer"))?;
@@ -458,6 +461,10 @@ pub(crate) mod tests {
             Tdvf::parse(&bad_sig),
             Err(TdvfError::BadDescriptor(_))
         ));
+        // Found by the fuzzer: a file that is nothing but the footer GUID and 32 bytes.
+        let mut tiny = TABLE_FOOTER_GUID.to_vec();
+        tiny.extend_from_slice(&[0; 32]);
+        assert_eq!(Tdvf::parse(&tiny).unwrap_err(), TdvfError::NoTableFooter);
         let mut past_end = fw.clone();
         past_end[0x100 + 16 + 4..0x100 + 16 + 8].copy_from_slice(&0x9000u32.to_le_bytes());
         assert!(matches!(
