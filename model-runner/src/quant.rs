@@ -414,6 +414,7 @@ pub fn matmul_rows(
             out,
             |j| w.row(j),
             |r, xr, xt| dot4(kernel, r, xr, xt),
+            |r, xs, ss| [dot4(kernel, r, xs[0], ss[0]), dot4(kernel, r, xs[1], ss[1])],
             |r, xr, xt| dot(kernel, r, xr, xt),
         ),
         Weights::Q4(w) => matmul_rows_with(
@@ -422,21 +423,26 @@ pub fn matmul_rows(
             out,
             |j| w.row(j),
             |r, xr, xt| dot4_q4(kernel, r, xr, xt),
+            |r, xs, ss| dot4x2_q4(kernel, r, xs, ss),
             |r, xr, xt| dot_q4(kernel, r, xr, xt),
         ),
     }
 }
 
+type XRow<'a> = (&'a [i8], &'a [f32]);
+
 /// The loop shared by every layout: four weight rows at a time, so each activation block is
-/// loaded once for four dots; the remainder one at a time (with results equal to the
-/// four-row path, bit for bit).
+/// loaded once for four dots, and two tokens at a time, so each unpacked weight block serves
+/// two activations; the remainders one at a time. Every path gives each (row, token) the
+/// same operations in the same order, so results are equal bit for bit.
 fn matmul_rows_with<R: Copy>(
     x: &Q8Matrix,
     rows: std::ops::Range<usize>,
     out: &mut [f32],
     row: impl Fn(usize) -> R,
-    four: impl Fn([R; 4], (&[i8], &[f32]), &[f32]) -> [f32; 4],
-    one: impl Fn(R, (&[i8], &[f32]), &[f32]) -> f32,
+    four: impl Fn([R; 4], XRow, &[f32]) -> [f32; 4],
+    four_by_two: impl Fn([R; 4], [XRow; 2], [&[f32]; 2]) -> [[f32; 4]; 2],
+    one: impl Fn(R, XRow, &[f32]) -> f32,
 ) {
     let tokens = x.rows;
     let empty: &[f32] = &[];
@@ -451,7 +457,17 @@ fn matmul_rows_with<R: Copy>(
     while j + 4 <= rows.end {
         let base = (j - rows.start) * tokens;
         let w = [row(j), row(j + 1), row(j + 2), row(j + 3)];
-        for t in 0..tokens {
+        let mut t = 0;
+        while t + 2 <= tokens {
+            let d = four_by_two(w, [x.row(t), x.row(t + 1)], [sums(t), sums(t + 1)]);
+            for (u, du) in d.into_iter().enumerate() {
+                for (k, v) in du.into_iter().enumerate() {
+                    out[base + k * tokens + t + u] = v;
+                }
+            }
+            t += 2;
+        }
+        if t < tokens {
             let d = four(w, x.row(t), sums(t));
             for (k, v) in d.into_iter().enumerate() {
                 out[base + k * tokens + t] = v;
@@ -502,6 +518,18 @@ fn dot4_q4(kernel: Kernel, a: [Q4Row; 4], b: (&[i8], &[f32]), sums: &[f32]) -> [
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
         Kernel::Avx2 => unsafe { avx2::dot4_q4(a, b, sums) },
+    }
+}
+
+fn dot4x2_q4(kernel: Kernel, a: [Q4Row; 4], b: [XRow; 2], sums: [&[f32]; 2]) -> [[f32; 4]; 2] {
+    match kernel {
+        Kernel::Portable => [
+            dot4_q4(kernel, a, b[0], sums[0]),
+            dot4_q4(kernel, a, b[1], sums[1]),
+        ],
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
+        Kernel::Avx2 => unsafe { avx2::dot4x2_q4(a, b, sums) },
     }
 }
 
@@ -634,6 +662,55 @@ mod avx2 {
         out
     }
 
+    /// Four 4-bit rows against two activation rows: each weight block is unpacked once for
+    /// both. Per (row, token) the operations are those of `dot4_q4`, in the same order.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // k and u index parallel arrays
+    pub(super) unsafe fn dot4x2_q4(
+        a: [super::Q4Row; 4],
+        b: [(&[i8], &[f32]); 2],
+        sums: [&[f32]; 2],
+    ) -> [[f32; 4]; 2] {
+        let blocks = b[0].1.len();
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        let mut min_acc = [[0.0f32; 4]; 2];
+        let low = _mm_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        for i in 0..blocks {
+            // SAFETY: both activation rows hold `blocks * 32` bytes.
+            let x = unsafe {
+                [
+                    _mm256_loadu_si256(b[0].0.as_ptr().add(i * Q8_BLOCK) as *const __m256i),
+                    _mm256_loadu_si256(b[1].0.as_ptr().add(i * Q8_BLOCK) as *const __m256i),
+                ]
+            };
+            for k in 0..4 {
+                // SAFETY: every 4-bit row holds `blocks * 16` bytes.
+                let packed =
+                    unsafe { _mm_loadu_si128(a[k].nibbles.as_ptr().add(i * 16) as *const __m128i) };
+                let lo = _mm_and_si128(packed, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+                let w = _mm256_set_m128i(hi, lo);
+                for u in 0..2 {
+                    let pairs = _mm256_maddubs_epi16(w, x[u]);
+                    let quads = _mm256_madd_epi16(pairs, ones);
+                    let p = _mm256_cvtepi32_ps(quads);
+                    acc[u][k] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(a[k].scales[i] * b[u].1[i]), p, acc[u][k]);
+                    min_acc[u][k] += a[k].mins[i] * sums[u][i];
+                }
+            }
+        }
+        let mut out = [[0.0f32; 4]; 2];
+        for u in 0..2 {
+            for k in 0..4 {
+                // SAFETY: AVX2 is enabled in this function.
+                out[u][k] = unsafe { hsum(acc[u][k]) } + min_acc[u][k];
+            }
+        }
+        out
+    }
+
     /// Four dots sharing one right-hand row; each equals `dot(a[k], b)` exactly, since
     /// every lane sees the same operations in the same order.
     #[target_feature(enable = "avx2,fma")]
@@ -758,6 +835,10 @@ mod tests {
         let xf = pseudo_random(cols, 3);
         let mut x = Q8Matrix::with_shape(1, cols).unwrap();
         x.quantize_from(&xf, 1);
+        // Three tokens: a pair and a remainder must give what one token alone gives.
+        let mut x3 = Q8Matrix::with_shape(3, cols).unwrap();
+        let three: Vec<f32> = [pseudo_random(cols, 9), xf.clone(), pseudo_random(cols, 5)].concat();
+        x3.quantize_from(&three, 3);
         let mut kernels = vec![Kernel::Portable];
         if Kernel::detect() != Kernel::Portable {
             kernels.push(Kernel::detect());
@@ -765,7 +846,14 @@ mod tests {
         for kernel in kernels {
             let mut out = vec![0.0; rows];
             matmul_rows(kernel, &w, &x, 0..rows, &mut out);
+            let mut out3 = vec![0.0; rows * 3];
+            matmul_rows(kernel, &w, &x3, 0..rows, &mut out3);
             for r in 0..rows {
+                assert_eq!(
+                    out3[r * 3 + 1],
+                    out[r],
+                    "{kernel:?}: batching changed row {r}"
+                );
                 let mut wf = vec![0.0; cols];
                 w.row_f32(r, &mut wf);
                 let mut expect = vec![0.0; cols];
