@@ -414,7 +414,7 @@ pub fn matmul_rows(
             out,
             |j| w.row(j),
             |r, xr, xt| dot4(kernel, r, xr, xt),
-            |r, xs, ss| [dot4(kernel, r, xs[0], ss[0]), dot4(kernel, r, xs[1], ss[1])],
+            |r, xs, ss| dot4x2(kernel, r, xs, ss),
             |r, xr, xt| dot(kernel, r, xr, xt),
         ),
         Weights::Q4(w) => matmul_rows_with(
@@ -518,6 +518,18 @@ fn dot4_q4(kernel: Kernel, a: [Q4Row; 4], b: (&[i8], &[f32]), sums: &[f32]) -> [
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
         Kernel::Avx2 => unsafe { avx2::dot4_q4(a, b, sums) },
+    }
+}
+
+fn dot4x2(kernel: Kernel, a: [XRow; 4], b: [XRow; 2], sums: [&[f32]; 2]) -> [[f32; 4]; 2] {
+    match kernel {
+        Kernel::Portable => [
+            dot4(kernel, a, b[0], sums[0]),
+            dot4(kernel, a, b[1], sums[1]),
+        ],
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
+        Kernel::Avx2 => unsafe { avx2::dot4x2(a, b) },
     }
 }
 
@@ -662,6 +674,28 @@ mod avx2 {
         out
     }
 
+    /// Four 8-bit rows against two activation rows, each weight block loaded once for both.
+    /// Per (row, token) the operations are those of `dot4`, in the same order.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // k and u index parallel arrays
+    pub(super) unsafe fn dot4x2(a: [(&[i8], &[f32]); 4], b: [(&[i8], &[f32]); 2]) -> [[f32; 4]; 2] {
+        let blocks = b[0].1.len();
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        for i in 0..blocks {
+            for k in 0..4 {
+                let pa = a[k].0[i * Q8_BLOCK..].as_ptr();
+                for u in 0..2 {
+                    // SAFETY: every row holds `blocks * 32` bytes.
+                    let p = unsafe { block(pa, b[u].0.as_ptr().add(i * Q8_BLOCK)) };
+                    acc[u][k] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(a[k].1[i] * b[u].1[i]), p, acc[u][k]);
+                }
+            }
+        }
+        // SAFETY: AVX2 is enabled in this function.
+        acc.map(|row| row.map(|v| unsafe { hsum(v) }))
+    }
+
     /// Four 4-bit rows against two activation rows: each weight block is unpacked once for
     /// both. Per (row, token) the operations are those of `dot4_q4`, in the same order.
     #[target_feature(enable = "avx2,fma")]
@@ -791,7 +825,18 @@ mod tests {
         for kernel in kernels {
             let mut out = vec![0.0; 5];
             matmul_rows(kernel, &Weights::Q8(w.clone()), &x, 0..5, &mut out);
+            let mut x3 = Q8Matrix::with_shape(3, cols).unwrap();
+            let three: Vec<f32> =
+                [pseudo_random(cols, 4), b.clone(), pseudo_random(cols, 6)].concat();
+            x3.quantize_from(&three, 3);
+            let mut out3 = vec![0.0; 15];
+            matmul_rows(kernel, &Weights::Q8(w.clone()), &x3, 0..5, &mut out3);
             for r in 0..5 {
+                assert_eq!(
+                    out3[r * 3 + 1],
+                    out[r],
+                    "{kernel:?}: batching changed row {r}"
+                );
                 let exact: f32 = a[r * cols..(r + 1) * cols]
                     .iter()
                     .zip(&b)
