@@ -4,13 +4,14 @@
 # run is quick and a fresh machine only slower. Needs root for apt-get.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-cache=${CLOISTER_CACHE:-/var/cache/cloister}
-mkdir -p "$cache"
+export CLOISTER_CACHE=${CLOISTER_CACHE:-/var/cache/cloister}
+mkdir -p "$CLOISTER_CACHE"
 
-say() { printf '==> %s\n' "$*" >&2; }
+say() { printf '==> setup: %s\n' "$*" >&2; }
 
-# Debian packages. Only those missing are installed; `apt-get update` runs only when needed.
-packages=(qemu-system-x86 zstd cpio)
+# Debian packages for the image build and boot tests. Only missing ones are installed.
+packages=(qemu-system-x86 zstd cpio iproute2 util-linux xz-utils git python3 python3-pip python3-venv
+  ca-certificates debian-archive-keyring musl-tools libc-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -27,3 +28,14 @@ toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$here/rust-toolchain.toml")
 rustup toolchain list | grep -q "^$toolchain" || rustup toolchain install "$toolchain" --profile minimal
 rustup component add --toolchain "$toolchain" rustfmt clippy >/dev/null 2>&1
 rustup target add --toolchain "$toolchain" x86_64-unknown-linux-musl >/dev/null 2>&1
+
+# web-ui's tests: Pebble (ACME), Chromium and playwright-core (passkeys), openssl, wrk.
+say "web-ui test dependencies"
+"$here/web-ui/scripts/setup-test-deps.sh" >&2
+
+# Pinned downloads, checked by sha256 and cached: the model fixture and the reference OVMF.
+say "model fixture"
+CLOISTER_MODEL=$("$here/model-runner/scripts/fetch-model.sh")
+say "reference OVMF"
+CLOISTER_OVMF=$("$here/measurements/scripts/fetch-ovmf.sh")
+printf 'CLOISTER_MODEL=%s\nCLOISTER_OVMF=%s\n' "$CLOISTER_MODEL" "$CLOISTER_OVMF" >"$CLOISTER_CACHE/fixtures.env"

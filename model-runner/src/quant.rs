@@ -381,10 +381,10 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs, detected at run time. `CLOISTER_KERNEL=portable`
+    /// The fastest kernel this CPU runs, detected at run time. `CLOISTER_MATMUL_KERNEL=portable`
     /// forces the portable one (to compare, or to rule a SIMD kernel out).
     pub fn detect() -> Kernel {
-        if std::env::var("CLOISTER_KERNEL").is_ok_and(|v| v == "portable") {
+        if std::env::var("CLOISTER_MATMUL_KERNEL").is_ok_and(|v| v == "portable") {
             return Kernel::Portable;
         }
         #[cfg(target_arch = "x86_64")]

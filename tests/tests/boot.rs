@@ -3,7 +3,7 @@
 //! everything and loaded the modules, the guest got a DHCP address from QEMU's user
 //! network, the supervisor started a service that answers on a forwarded port, a poweroff
 //! request makes QEMU exit 0 in bounded time, and the serial log shows no panic. Prints
-//! the boot phases (the figures in docs/benchmarks-image.md).
+//! the boot phases (the figures in docs/benchmarks.md).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

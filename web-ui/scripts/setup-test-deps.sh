@@ -3,7 +3,7 @@
 #   pebble    the ACME test CA (tests/acme_pebble.rs), with pebble-challtestsrv
 #   chromium  the browser for tests/browser_flows.rs (driven by playwright-core)
 #   openssl   makes Pebble's API certificate at test time
-#   wrk       the static-asset benchmark (docs/benchmarks-web-ui.md)
+#   wrk       the static-asset benchmark (docs/benchmarks.md)
 #   node >= 20 and npm, then `npm ci` of the pinned playwright-core in tests/browser/
 # Then CI runs the tests with CLOISTER_REQUIRE_BROWSER=1 CLOISTER_REQUIRE_PEBBLE=1 so a
 # missing dependency fails instead of skipping.
