@@ -8,7 +8,7 @@ threads=${1:-2}
 model=$(model-runner/scripts/fetch-model.sh)
 llama=$(model-runner/scripts/build-llama-cpp.sh)
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release -p cloister-model-runner --example bench >&2
+cargo build --release -p cloister-model-runner --example engine_bench >&2
 
 echo "== llama.cpp: llama-bench -m MODEL -t $threads -p 512 -n 128 -o json" >&2
 bench_json=$("$llama/llama-bench" -m "$model" -t "$threads" -p 512 -n 128 -o json 2>/dev/null)
@@ -30,4 +30,4 @@ PY
 )"
 env | grep '^LLAMA_CPP_' >&2 || true
 echo "$batched" >&2
-"$target/release/examples/bench" "$model" "$threads"
+"$target/release/examples/engine_bench" "$model" "$threads"

@@ -1,7 +1,7 @@
 //! Engine benchmark: prompt processing, single-stream and batched generation, KV capacity.
 //! Prints figures and, when llama.cpp figures are given, ratios.
 //!
-//! `cargo run --release -p cloister-model-runner --example bench -- MODEL.gguf [THREADS]`
+//! `cargo run --release -p cloister-model-runner --example engine_bench -- MODEL.gguf [THREADS]`
 //!
 //! Set `LLAMA_CPP_PP512`, `LLAMA_CPP_TG128`, `LLAMA_CPP_TG_8`, `LLAMA_CPP_TG_32` (tokens/s
 //! measured by llama.cpp in the same run, on the same file and thread count) to get ratios.
