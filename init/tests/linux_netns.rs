@@ -147,6 +147,21 @@ fn inner_dhcp_client() {
         .env(INNER_ENV, "server")
         .spawn()
         .unwrap();
+    // `unshare` enters its new namespace only after it has started: moving the link before
+    // that would leave it in ours. Wait until the server's namespace is not ours.
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let theirs = format!("/proc/{}/ns/net", server.id());
+    for _ in 0..400 {
+        if std::fs::read_link(&theirs).is_ok_and(|ns| ns != ours) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+    assert_ne!(
+        std::fs::read_link(&theirs).unwrap(),
+        ours,
+        "the server never entered its own network namespace"
+    );
     ip(&["link", "set", "veth-s", "netns", &server.id().to_string()]);
 
     let system = LinuxSystem;
