@@ -73,14 +73,29 @@ impl Harness {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let harness = Self {
+        let mut harness = Self {
             dir,
             child: Some(child),
             socket,
         };
-        harness.wait_until("the control socket", Duration::from_secs(10), || {
-            ControlClient::connect(&harness.socket).is_ok()
-        });
+        // A supervisor that powers off at once (a start limit hit in its first milliseconds)
+        // may be gone before the socket is ever seen; `wait_exit` then reads its report.
+        let start = Instant::now();
+        loop {
+            if ControlClient::connect(&harness.socket).is_ok() {
+                break;
+            }
+            let child = harness.child.as_mut().unwrap();
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out waiting for the control socket; supervisor stderr:\n{}",
+                harness.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         harness
     }
 
