@@ -1,0 +1,1 @@
+//! The guest's trusted execution environment: TDX quotes and event logs, or a loudly simulated stand-in for tests.

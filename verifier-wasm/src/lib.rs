@@ -1,0 +1,1 @@
+//! The attestation verifier compiled to WebAssembly for the browser.
