@@ -19,6 +19,7 @@
 
 pub mod attestation;
 pub mod channel;
+pub mod fuzzing;
 pub mod messages;
 pub mod replay;
 mod report_data;
