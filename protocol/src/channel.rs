@@ -293,15 +293,7 @@ impl ResponseKeys {
         encapsulated_key: &[u8; ENCAPSULATED_KEY_BYTES],
         response_nonce: &[u8; RESPONSE_NONCE_BYTES],
     ) -> Self {
-        let mut salt = [0u8; ENCAPSULATED_KEY_BYTES + RESPONSE_NONCE_BYTES];
-        salt[..ENCAPSULATED_KEY_BYTES].copy_from_slice(encapsulated_key);
-        salt[ENCAPSULATED_KEY_BYTES..].copy_from_slice(response_nonce);
-        let (_, prk) = Hkdf::<Sha256>::extract(Some(&salt), secret);
-        let mut key = [0u8; AEAD_KEY_BYTES];
-        let mut base_nonce = [0u8; AEAD_NONCE_BYTES];
-        // Both lengths are far below HKDF-SHA256's 255 * 32 byte limit: these cannot fail.
-        let _ = prk.expand(b"key", &mut key);
-        let _ = prk.expand(b"nonce", &mut base_nonce);
+        let (key, base_nonce) = response_key_material(secret, encapsulated_key, response_nonce);
         Self {
             cipher: Aes256Gcm::new(&key.into()),
             base_nonce,
@@ -342,6 +334,24 @@ impl ResponseKeys {
             .decrypt(&nonce.into(), Payload { msg: sealed, aad })
             .map_err(|_| ChannelError::ChunkOpenFailed { index: counter })
     }
+}
+
+/// The response's AEAD key and base nonce (section 4.2 of docs/protocol.md).
+pub(crate) fn response_key_material(
+    secret: &[u8; RESPONSE_NONCE_BYTES],
+    encapsulated_key: &[u8; ENCAPSULATED_KEY_BYTES],
+    response_nonce: &[u8; RESPONSE_NONCE_BYTES],
+) -> ([u8; AEAD_KEY_BYTES], [u8; AEAD_NONCE_BYTES]) {
+    let mut salt = [0u8; ENCAPSULATED_KEY_BYTES + RESPONSE_NONCE_BYTES];
+    salt[..ENCAPSULATED_KEY_BYTES].copy_from_slice(encapsulated_key);
+    salt[ENCAPSULATED_KEY_BYTES..].copy_from_slice(response_nonce);
+    let (_, prk) = Hkdf::<Sha256>::extract(Some(&salt), secret);
+    let mut key = [0u8; AEAD_KEY_BYTES];
+    let mut base_nonce = [0u8; AEAD_NONCE_BYTES];
+    // Both lengths are far below HKDF-SHA256's 255 * 32 byte limit: these cannot fail.
+    let _ = prk.expand(b"key", &mut key);
+    let _ = prk.expand(b"nonce", &mut base_nonce);
+    (key, base_nonce)
 }
 
 /// Seals the response stream of one request, chunk by chunk. The first bytes it returns
@@ -447,6 +457,11 @@ impl std::fmt::Debug for ResponseOpener {
 }
 
 impl ResponseOpener {
+    /// The secret exported from the request's HPKE context (for the test vectors).
+    pub(crate) fn exported_secret(&self) -> &[u8; RESPONSE_NONCE_BYTES] {
+        &self.secret
+    }
+
     /// Consumes the next bytes of the response body and returns the chunks they complete.
     /// After any error the stream is dead: later calls return [`ChannelError::StreamFailed`].
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Chunk>, ChannelError> {

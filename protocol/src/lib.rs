@@ -25,6 +25,7 @@ pub mod replay;
 mod report_data;
 pub mod server;
 mod varint;
+pub mod vectors;
 
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 pub use channel::seal_request;
