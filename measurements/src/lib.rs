@@ -21,7 +21,7 @@ pub mod tdvf;
 pub use measurements::{Event, Measurements};
 pub use quote::{
     Collateral, CollateralFiles, Expectations, Mismatch, Quote, QuoteError, TcbStatus, TdReport,
-    Verdict, verify,
+    TrustRoot, Verdict, VerifyOptions, verify, verify_with_options,
 };
 pub use register::{Digest48, Register, sha384};
 

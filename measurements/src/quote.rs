@@ -22,6 +22,18 @@ use crate::measurements::Measurements;
 /// SHA-256 44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3.
 pub const INTEL_SGX_ROOT_CA_DER: &[u8] = include_bytes!("intel_sgx_root_ca.der");
 
+/// The root of Cloister's SIMULATED TDX development chain (DER), named "Cloister SIMULATED
+/// TDX root - NOT INTEL - not confidential". Its private key is public (derived from a label,
+/// see cloister-tee's `simulated` module): a quote that chains to it proves nothing. It is
+/// trusted only when the caller asks for it with [`VerifyOptions::accept_simulated`].
+/// Written by tee/src/simulated/make_dev_chain.py.
+pub const SIMULATION_ROOT_CA_DER: &[u8] = include_bytes!("cloister_simulated_root_ca.der");
+
+/// The QE vendor ID of Intel's quoting enclave, which verifiers require in the quote header.
+pub const INTEL_QE_VENDOR_ID: [u8; 16] = [
+    0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07,
+];
+
 /// Largest quote we parse: real ones are about 5 KB (the PCK chain dominates).
 pub const QUOTE_SIZE_MAX_BYTES: usize = 64 * 1024;
 /// Largest collateral item (one CRL, one JSON document, one PEM chain).
@@ -67,6 +79,12 @@ pub enum QuoteError {
     Collateral(String),
     #[error("verification failed: {0}")]
     Verification(String),
+    #[error(
+        "the quote is signed by the Cloister SIMULATION root (development keys anyone can use, \
+         NOT Intel): it is not evidence of a TDX trust domain and nothing in it is confidential; \
+         it is accepted only when simulation is explicitly allowed"
+    )]
+    SimulatedRoot,
 }
 
 /// The fixed-size TD report body that a quote signs.
@@ -459,9 +477,48 @@ impl TcbStatus {
     }
 }
 
-/// What a verified quote says: who signed it is settled (Intel's chain), what it shows is here.
+/// The root a verified quote chains to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustRoot {
+    /// Intel's SGX Root CA ([`INTEL_SGX_ROOT_CA_DER`]): a real TDX platform signed it.
+    Intel,
+    /// Cloister's development root ([`SIMULATION_ROOT_CA_DER`]): a simulated TEE, NOT
+    /// confidential. Only ever the answer when [`VerifyOptions::accept_simulated`] is set.
+    Simulated,
+}
+
+impl TrustRoot {
+    /// The root certificate (DER).
+    pub fn certificate_der(self) -> &'static [u8] {
+        match self {
+            Self::Intel => INTEL_SGX_ROOT_CA_DER,
+            Self::Simulated => SIMULATION_ROOT_CA_DER,
+        }
+    }
+}
+
+/// How [`verify_with_options`] chooses its trust anchors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// Also accept quotes that chain to the simulation root. Off by default; for
+    /// development and tests only. The verdict then says [`TrustRoot::Simulated`] and
+    /// carries a warning.
+    pub accept_simulated: bool,
+}
+
+/// The warning a verdict under the simulation root carries.
+pub const SIMULATED_WARNING: &str = "SIMULATED: signed by the Cloister development root, NOT \
+    Intel; this is not a TDX trust domain and nothing it holds is confidential";
+
+/// What a verified quote says: who signed it is settled (see `trust_root`), what it shows is here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
+    /// The root the quote chains to. Anything but [`TrustRoot::Intel`] is not confidential.
+    pub trust_root: TrustRoot,
+    /// Set, loudly, when `trust_root` is not Intel's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<&'static str>,
     pub quote_version: u16,
     pub tcb_status: TcbStatus,
     /// Intel security advisories (INTEL-SA-xxxxx) that apply to the platform's TCB level.
@@ -477,17 +534,63 @@ pub struct Verdict {
 /// revoked or expired at `now`. A quote whose TCB matches no level of the TCB info is still
 /// returned, with [`TcbStatus::NoMatchingTcbLevel`]; a revoked TCB is an error. The verdict
 /// says nothing about whether the measurements are the expected ones: see [`Verdict::check`].
+///
+/// A quote that chains to the simulation root instead is rejected with
+/// [`QuoteError::SimulatedRoot`]; see [`verify_with_options`] to accept it.
 pub fn verify(
     quote_bytes: &[u8],
     collateral: &Collateral,
     now_unix_s: u64,
 ) -> Result<Verdict, QuoteError> {
+    verify_with_options(
+        quote_bytes,
+        collateral,
+        now_unix_s,
+        &VerifyOptions::default(),
+    )
+}
+
+/// [`verify`], with the trust anchors chosen by `options`: Intel's root always, the
+/// simulation root only with `accept_simulated`. Without it, a quote that verifies under the
+/// simulation root is rejected with [`QuoteError::SimulatedRoot`], so that the reason is
+/// plain.
+pub fn verify_with_options(
+    quote_bytes: &[u8],
+    collateral: &Collateral,
+    now_unix_s: u64,
+    options: &VerifyOptions,
+) -> Result<Verdict, QuoteError> {
+    let intel = verify_with_root(quote_bytes, collateral, now_unix_s, TrustRoot::Intel);
+    let Err(intel_error) = intel else {
+        return intel;
+    };
+    if matches!(intel_error, QuoteError::Verification(_)) {
+        // Only a chain failure can mean "another root": parse errors stand as they are.
+        match verify_with_root(quote_bytes, collateral, now_unix_s, TrustRoot::Simulated) {
+            Ok(verdict) if options.accept_simulated => return Ok(verdict),
+            Ok(_) => return Err(QuoteError::SimulatedRoot),
+            Err(_) => {}
+        }
+    }
+    Err(intel_error)
+}
+
+/// Verifies against exactly one root.
+fn verify_with_root(
+    quote_bytes: &[u8],
+    collateral: &Collateral,
+    now_unix_s: u64,
+    root: TrustRoot,
+) -> Result<Verdict, QuoteError> {
     let quote = Quote::parse(quote_bytes)?;
-    let verifier = dcap_qvl::verify::QuoteVerifier::new(INTEL_SGX_ROOT_CA_DER.to_vec())
+    let warning = (root == TrustRoot::Simulated).then_some(SIMULATED_WARNING);
+    let verifier = dcap_qvl::verify::QuoteVerifier::new(root.certificate_der().to_vec())
         // Debug TDs are reported in the verdict and rejected by `Verdict::check`.
         .allow_debug(true);
     match verifier.verify(quote_bytes, &collateral.inner, now_unix_s) {
         Ok(report) => Ok(Verdict {
+            trust_root: root,
+            warning,
             quote_version: quote.version,
             tcb_status: parse_status_name(&report.status)?,
             advisory_ids: report.advisory_ids,
@@ -500,6 +603,8 @@ pub fn verify(
             // but the TCB cannot be rated". The version pin in Cargo.toml guards the order.
             if e.root_cause().to_string() == "No matching TCB level found" {
                 return Ok(Verdict {
+                    trust_root: root,
+                    warning,
                     quote_version: quote.version,
                     tcb_status: TcbStatus::NoMatchingTcbLevel,
                     advisory_ids: Vec::new(),
@@ -531,6 +636,8 @@ pub struct Expectations {
     pub accepted_tcb_statuses: Vec<TcbStatus>,
     /// Accept a debug TD. Never for production.
     pub allow_debug: bool,
+    /// Accept a verdict under the simulation root. Never for production.
+    pub accept_simulated: bool,
 }
 
 /// One way in which a verified quote differs from what was expected.
@@ -555,6 +662,14 @@ impl Verdict {
     /// Compares the verdict with the expectations; returns every mismatch (empty: accept).
     pub fn check(&self, expected: &Expectations) -> Vec<Mismatch> {
         let mut out = Vec::new();
+        if self.trust_root != TrustRoot::Intel && !expected.accept_simulated {
+            out.push(Mismatch {
+                field: "trust_root".into(),
+                expected: "intel".into(),
+                actual: "simulated (the Cloister development root, NOT Intel: not confidential)"
+                    .into(),
+            });
+        }
         if self.tcb_status != TcbStatus::UpToDate
             && !expected.accepted_tcb_statuses.contains(&self.tcb_status)
         {
@@ -810,6 +925,41 @@ mod tests {
         let v = verify(V4, &back, NOW_2023_07_01).unwrap();
         assert_eq!(v.tcb_status, TcbStatus::NoMatchingTcbLevel);
         assert!(Collateral::from_json(b"{}").is_err());
+    }
+
+    #[test]
+    fn an_intel_quote_chains_to_intel_whether_or_not_simulation_is_accepted() {
+        for accept_simulated in [false, true] {
+            let options = VerifyOptions { accept_simulated };
+            let v = verify_with_options(V4, &collateral_v4(), NOW_2023_07_01, &options).unwrap();
+            assert_eq!(v.trust_root, TrustRoot::Intel);
+            assert_eq!(v.warning, None);
+            assert!(
+                !v.check(&Expectations::default())
+                    .iter()
+                    .any(|m| m.field == "trust_root")
+            );
+        }
+        // A broken Intel quote stays an Intel verification error, not a simulation one.
+        let mut q = V4.to_vec();
+        q[200] ^= 1;
+        let options = VerifyOptions {
+            accept_simulated: true,
+        };
+        let err = verify_with_options(&q, &collateral_v4(), NOW_2023_07_01, &options).unwrap_err();
+        assert!(matches!(err, QuoteError::Verification(_)), "{err}");
+    }
+
+    #[test]
+    fn the_simulation_root_is_named_as_such_and_is_not_intels() {
+        let name = b"Cloister SIMULATED TDX root - NOT INTEL - not confidential";
+        assert!(
+            SIMULATION_ROOT_CA_DER
+                .windows(name.len())
+                .any(|w| w == name)
+        );
+        assert_ne!(SIMULATION_ROOT_CA_DER, INTEL_SGX_ROOT_CA_DER);
+        assert_eq!(TrustRoot::Intel.certificate_der(), INTEL_SGX_ROOT_CA_DER);
     }
 
     #[test]
