@@ -250,3 +250,15 @@ fn quotes_are_deterministic_for_the_same_input() {
     let rd = report_data(10);
     assert_eq!(tee().quote(&rd).unwrap(), tee().quote(&rd).unwrap());
 }
+
+#[test]
+fn a_measurements_file_is_read_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("measurements.json");
+    std::fs::write(&path, measurements().to_json()).unwrap();
+    let t = SimulatedTee::from_file(&path).unwrap();
+    assert_eq!(t.registers(), tee().registers());
+    let err = SimulatedTee::from_file(&dir.path().join("missing.json")).unwrap_err();
+    assert!(matches!(err, TeeError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("missing.json"), "{err}");
+}

@@ -114,6 +114,14 @@ pub fn collateral() -> Result<Collateral, TeeError> {
     .map_err(|e| TeeError::Invalid(format!("the development collateral: {e}")))
 }
 
+/// Where a guest started by `cloister run` finds the measurements of its own image: the host
+/// passes measurements.json through QEMU's fw_cfg as `opt/cloister/measurements.json`.
+pub const FW_CFG_MEASUREMENTS_PATH: &str =
+    "/sys/firmware/qemu_fw_cfg/by_name/opt/cloister/measurements.json/raw";
+
+/// Largest measurements.json we read.
+pub const MEASUREMENTS_SIZE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
 /// A stand-in TEE for laptops and tests; see the module documentation.
 pub struct SimulatedTee {
     mrtd: Digest48,
@@ -186,6 +194,32 @@ impl SimulatedTee {
             attestation_key,
             certification_data,
         })
+    }
+
+    /// [`SimulatedTee::new`] with the measurements.json at `path`, for example
+    /// [`FW_CFG_MEASUREMENTS_PATH`].
+    pub fn from_file(path: &std::path::Path) -> Result<Self, TeeError> {
+        use std::io::Read;
+        let io = |source| TeeError::Io {
+            what: format!("read {}", path.display()),
+            source,
+        };
+        let mut json = Vec::new();
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(MEASUREMENTS_SIZE_MAX_BYTES + 1)
+            .read_to_end(&mut json)
+            .map_err(|source| TeeError::Io {
+                what: format!("read {}", path.display()),
+                source,
+            })?;
+        if json.len() as u64 > MEASUREMENTS_SIZE_MAX_BYTES {
+            return Err(TeeError::Invalid(format!(
+                "{} is larger than {MEASUREMENTS_SIZE_MAX_BYTES} bytes",
+                path.display()
+            )));
+        }
+        Self::new(&json)
     }
 
     /// Sets the TD's DEBUG attribute in later quotes. Only for testing that verifiers
