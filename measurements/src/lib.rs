@@ -10,6 +10,7 @@
 
 pub mod boot;
 pub mod eventlog;
+mod le;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod measurements;

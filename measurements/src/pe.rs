@@ -28,19 +28,13 @@ pub enum PeError {
     Malformed(&'static str),
 }
 
+const FIELD_PAST_END: PeError = PeError::Malformed("a header field is past the end of the file");
+
 fn u16_at(b: &[u8], at: usize) -> Result<u16, PeError> {
-    b.get(at..at.saturating_add(2))
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .ok_or(PeError::Malformed(
-            "a header field is past the end of the file",
-        ))
+    crate::le::u16_at(b, at).ok_or(FIELD_PAST_END)
 }
 fn u32_at(b: &[u8], at: usize) -> Result<u32, PeError> {
-    b.get(at..at.saturating_add(4))
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or(PeError::Malformed(
-            "a header field is past the end of the file",
-        ))
+    crate::le::u32_at(b, at).ok_or(FIELD_PAST_END)
 }
 fn range(b: &[u8], start: usize, end: usize) -> Result<&[u8], PeError> {
     b.get(start..end)

@@ -12,6 +12,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha384};
 
+use crate::le;
 use crate::register::{Digest48, sha384};
 
 /// Largest firmware file we accept (OVMF images are 2 to 4 MiB; 8 MiB for split builds).
@@ -133,16 +134,6 @@ pub struct Tdvf<'a> {
     pub sections: Vec<Section>,
 }
 
-fn le_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn le_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
 /// Finds an entry of the OVMF GUIDed table at the end of a firmware image.
 pub fn find_table_entry<'a>(firmware: &'a [u8], guid: &[u8; 16]) -> Result<&'a [u8], TdvfError> {
     let len = firmware.len();
@@ -156,7 +147,7 @@ pub fn find_table_entry<'a>(firmware: &'a [u8], guid: &[u8; 16]) -> Result<&'a [
     // The footer's length covers the whole table, the footer entry included.
     let total = footer_guid_start
         .checked_sub(2)
-        .and_then(|at| le_u16(firmware, at))
+        .and_then(|at| le::u16_at(firmware, at))
         .ok_or(TdvfError::NoTableFooter)? as usize;
     let mut remaining = total
         .checked_sub(TABLE_ENTRY_TRAILER_BYTES)
@@ -166,7 +157,7 @@ pub fn find_table_entry<'a>(firmware: &'a [u8], guid: &[u8; 16]) -> Result<&'a [
         return Err(TdvfError::BadTable("the table is longer than the file"));
     }
     while remaining >= TABLE_ENTRY_TRAILER_BYTES {
-        let entry_len = le_u16(firmware, end - TABLE_ENTRY_TRAILER_BYTES)
+        let entry_len = le::u16_at(firmware, end - TABLE_ENTRY_TRAILER_BYTES)
             .ok_or(TdvfError::BadTable("entry"))? as usize;
         if entry_len < TABLE_ENTRY_TRAILER_BYTES || entry_len > remaining {
             return Err(TdvfError::BadTable("an entry's length is out of range"));
@@ -191,7 +182,7 @@ impl<'a> Tdvf<'a> {
         let from_end = entry
             .len()
             .checked_sub(4)
-            .and_then(|at| le_u32(entry, at))
+            .and_then(|at| le::u32_at(entry, at))
             .ok_or(TdvfError::BadTable("the TDX metadata entry is too short"))?
             as usize;
         let at = firmware
@@ -201,9 +192,9 @@ impl<'a> Tdvf<'a> {
         if firmware.get(at..at + 4) != Some(b"TDVF") {
             return Err(bad("no TDVF signature"));
         }
-        let length = le_u32(firmware, at + 4).ok_or_else(|| bad("truncated"))?;
-        let version = le_u32(firmware, at + 8).ok_or_else(|| bad("truncated"))?;
-        let count = le_u32(firmware, at + 12).ok_or_else(|| bad("truncated"))?;
+        let length = le::u32_at(firmware, at + 4).ok_or_else(|| bad("truncated"))?;
+        let version = le::u32_at(firmware, at + 8).ok_or_else(|| bad("truncated"))?;
+        let count = le::u32_at(firmware, at + 12).ok_or_else(|| bad("truncated"))?;
         if version != 1 {
             return Err(TdvfError::BadDescriptor(format!(
                 "version {version}, only 1 is known"
@@ -225,7 +216,7 @@ impl<'a> Tdvf<'a> {
             let rec = firmware
                 .get(r..r + SECTION_RECORD_BYTES)
                 .ok_or_else(|| bad("a section record runs past the end of the file"))?;
-            let section_type = match le_u32(rec, 24).unwrap_or(u32::MAX) {
+            let section_type = match le::u32_at(rec, 24).unwrap_or(u32::MAX) {
                 0 => SectionType::Bfv,
                 1 => SectionType::Cfv,
                 2 => SectionType::TdHob,
@@ -240,12 +231,12 @@ impl<'a> Tdvf<'a> {
                 }
             };
             let s = Section {
-                data_offset: le_u32(rec, 0).unwrap_or_default(),
-                raw_data_size: le_u32(rec, 4).unwrap_or_default(),
-                memory_address: le_u64(rec, 8).unwrap_or_default(),
-                memory_data_size: le_u64(rec, 16).unwrap_or_default(),
+                data_offset: le::u32_at(rec, 0).unwrap_or_default(),
+                raw_data_size: le::u32_at(rec, 4).unwrap_or_default(),
+                memory_address: le::u64_at(rec, 8).unwrap_or_default(),
+                memory_data_size: le::u64_at(rec, 16).unwrap_or_default(),
                 section_type,
-                attributes: le_u32(rec, 28).unwrap_or_default(),
+                attributes: le::u32_at(rec, 28).unwrap_or_default(),
             };
             check_section(firmware.len(), i, &s)?;
             sections.push(s);
