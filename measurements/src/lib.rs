@@ -10,9 +10,9 @@
 
 pub mod boot;
 pub mod eventlog;
-mod le;
 #[doc(hidden)]
 pub mod fuzzing;
+mod le;
 pub mod measurements;
 pub mod pe;
 pub mod quote;
