@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attestation;
 pub mod boot;
 pub mod eventlog;
 #[doc(hidden)]
