@@ -27,7 +27,7 @@ fi
 toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$here/rust-toolchain.toml")
 rustup toolchain list | grep -q "^$toolchain" || rustup toolchain install "$toolchain" --profile minimal
 rustup component add --toolchain "$toolchain" rustfmt clippy >/dev/null 2>&1
-rustup target add --toolchain "$toolchain" x86_64-unknown-linux-musl >/dev/null 2>&1
+rustup target add --toolchain "$toolchain" x86_64-unknown-linux-musl wasm32-unknown-unknown >/dev/null 2>&1
 
 # web-ui's tests: Pebble (ACME), Chromium and playwright-core (passkeys), openssl, wrk.
 say "web-ui test dependencies"
