@@ -106,14 +106,22 @@ fn serve(mut stream: TcpStream, state: &Box) {
     let _ = reader.read_exact(&mut body);
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    state.requests.lock().unwrap().push(format!("{method} {target}"));
+    state
+        .requests
+        .lock()
+        .unwrap()
+        .push(format!("{method} {target}"));
     let release = state.release.load(Ordering::SeqCst) as usize;
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match (method, path) {
         ("GET", "/verify.html") => respond(&mut stream, "200 OK", "text/html", "", PAGE.as_bytes()),
-        ("GET", "/assets/verify.js") => {
-            respond(&mut stream, "200 OK", "text/javascript", "", &state.verify_js)
-        }
+        ("GET", "/assets/verify.js") => respond(
+            &mut stream,
+            "200 OK",
+            "text/javascript",
+            "",
+            &state.verify_js,
+        ),
         ("GET", "/assets/verifier.wasm") => {
             respond(&mut stream, "200 OK", "application/wasm", "", &state.wasm)
         }
@@ -214,7 +222,10 @@ fn chromium_runs_the_wasm_verifier_with_the_same_results_as_rust() {
     }
     // Each verifyBox fetched a fresh nonce: no two attestation requests repeat one.
     let seen = state.requests.lock().unwrap();
-    let nonces: Vec<&String> = seen.iter().filter(|r| r.contains("/attestation?")).collect();
+    let nonces: Vec<&String> = seen
+        .iter()
+        .filter(|r| r.contains("/attestation?"))
+        .collect();
     assert!(nonces.len() > 5);
     let unique: std::collections::BTreeSet<_> = nonces.iter().collect();
     assert_eq!(unique.len(), nonces.len());
