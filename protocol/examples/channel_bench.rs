@@ -27,14 +27,20 @@ fn main() {
         let (plaintext, sealer) = server.open(&body).unwrap();
         black_box((opener, plaintext, sealer));
     });
-    println!("request: seal (client) + open (server), with both X25519 operations: {:.1} us", request_ns / 1000.0);
+    println!(
+        "request: seal (client) + open (server), with both X25519 operations: {:.1} us",
+        request_ns / 1000.0
+    );
 
     for text in ["Hello", &"word ".repeat(800)] {
-        let event = ResponseEvent::Delta { text: text.to_string() };
+        let event = ResponseEvent::Delta {
+            text: text.to_string(),
+        };
         let json_ns = per_iteration_ns(100_000, || {
             black_box(black_box(&event).to_json_bytes());
         });
-        let (body, mut opener) = seal_request(server.public_key(), server.key_id(), request).unwrap();
+        let (body, mut opener) =
+            seal_request(server.public_key(), server.key_id(), request).unwrap();
         let (_, mut sealer) = server.open(&body).unwrap();
         // The response nonce goes out with the first chunk; leave it out of the loop.
         opener.push(&sealer.seal_chunk(b"first").unwrap()).unwrap();
