@@ -93,6 +93,58 @@ pub struct CertificateStatus {
     pub next_attempt_at_s: Option<i64>,
     /// How many certificates this process obtained.
     pub issued_by_this_process: u32,
+    /// The CA's last suggested renewal window for the served certificate (ARI, RFC 9773),
+    /// when the CA offers renewal information.
+    pub renewal_window: Option<RenewalWindow>,
+    /// Why the next renewal is due when it is.
+    pub next_renewal_reason: Option<RenewalReason>,
+    /// Why the last certificate this process obtained was ordered.
+    pub last_renewal_reason: Option<RenewalReason>,
+}
+
+/// A renewal window suggested by the CA (RFC 9773 `suggestedWindow`), seconds since the
+/// Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalWindow {
+    /// The start of the window.
+    pub start_s: i64,
+    /// The end of the window.
+    pub end_s: i64,
+    /// The moment this box picked inside the window (RFC 9773 section 4.2: a random time
+    /// in the window, so that many clients do not renew at once).
+    pub chosen_s: i64,
+}
+
+/// Why a certificate is (or was) ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewalReason {
+    /// There was no stored certificate for the domain.
+    NoCertificate,
+    /// A third of the certificate's lifetime was left.
+    ThirdOfLifetimeLeft,
+    /// The CA's renewal information (ARI) suggested an earlier time, for example after
+    /// revoking the certificate.
+    RenewalInformation,
+}
+
+impl RenewalReason {
+    /// The reason in the owner's words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no certificate yet",
+            Self::ThirdOfLifetimeLeft => "a third of the lifetime left",
+            Self::RenewalInformation => "the CA's renewal information (ARI) asked for it",
+        }
+    }
+}
+
+/// What the CA's renewal information said about one certificate.
+struct RenewalAnswer {
+    window: RenewalWindow,
+    /// The CA's hint for when to ask again (the `Retry-After` header).
+    ask_again_in: Duration,
+    /// The certificate's ARI identifier, for the new order's `replaces` field.
+    identifier: CertificateIdentifier<'static>,
 }
 
 /// Gets and renews the certificate for one domain.
@@ -106,16 +158,51 @@ pub struct CertificateManager {
     status: RwLock<CertificateStatus>,
 }
 
-/// When a certificate valid from `not_before_s` to `not_after_s` is due for renewal: when a
-/// third of its lifetime remains, or at `ari_window_start_s` if that is earlier.
+/// When a certificate valid from `not_before_s` to `not_after_s` is due for renewal, and
+/// why: when a third of its lifetime remains, or at `ari_chosen_s` (the time picked in the
+/// CA's suggested window) if that is earlier.
 pub fn renewal_due_at_s(
     not_before_s: i64,
     not_after_s: i64,
-    ari_window_start_s: Option<i64>,
-) -> i64 {
+    ari_chosen_s: Option<i64>,
+) -> (i64, RenewalReason) {
     let lifetime = (not_after_s - not_before_s).max(0);
     let third_left = not_after_s - lifetime / 3;
-    ari_window_start_s.map_or(third_left, |start| start.min(third_left))
+    match ari_chosen_s {
+        Some(chosen) if chosen < third_left => (chosen, RenewalReason::RenewalInformation),
+        _ => (third_left, RenewalReason::ThirdOfLifetimeLeft),
+    }
+}
+
+/// The time to renew inside the suggested window `[start_s, end_s]`: the point at
+/// `fraction` (0 to 1) of the way through it. RFC 9773 asks for a uniformly random time;
+/// the caller draws `fraction` once per certificate so that asking again does not move it.
+pub fn time_in_window_s(start_s: i64, end_s: i64, fraction: f64) -> i64 {
+    let length = end_s.saturating_sub(start_s).max(0);
+    // Lossy on purpose: a window is far shorter than 2^52 seconds.
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+    let offset = (length as f64 * fraction.clamp(0.0, 1.0)) as i64;
+    start_s.saturating_add(offset.min(length))
+}
+
+/// A fraction in [0, 1) that stays the same for one certificate and differs between
+/// certificates (and so between boxes): the first 8 bytes of SHA-256 of the DER.
+fn window_fraction(certificate_der: &[u8]) -> f64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(certificate_der);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    // The top 53 bits, as f64 holds them exactly.
+    #[allow(clippy::cast_precision_loss)]
+    let value = (u64::from_be_bytes(first) >> 11) as f64;
+    value / (1u64 << 53) as f64
+}
+
+/// How long to wait before asking the CA's renewal information again: its `Retry-After`
+/// hint, but at least a minute (or `longest`, if shorter) and at most `longest`.
+pub fn renewal_info_recheck(ask_again_in: Duration, longest: Duration) -> Duration {
+    let shortest = Duration::from_secs(60).min(longest);
+    ask_again_in.clamp(shortest, longest)
 }
 
 /// The next wait after `failures` consecutive failures: `min` doubled each time, capped.
@@ -240,8 +327,14 @@ impl CertificateManager {
     }
 
     /// Runs one issuance: order, challenge, CSR, certificate. Stores and serves the result.
-    pub async fn issue(&self, account: &Account) -> Result<StoredCertificate, AcmeError> {
-        let result = self.issue_inner(account).await;
+    /// `replaces` names the certificate this one renews (RFC 9773 section 5), for a CA
+    /// that offers renewal information.
+    pub async fn issue(
+        &self,
+        account: &Account,
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<StoredCertificate, AcmeError> {
+        let result = self.issue_inner(account, replaces).await;
         self.http_challenges.clear();
         self.resolver.clear_challenge(&self.domain);
         let stored = result?;
@@ -255,9 +348,31 @@ impl CertificateManager {
         Ok(stored)
     }
 
-    async fn issue_inner(&self, account: &Account) -> Result<StoredCertificate, AcmeError> {
+    async fn issue_inner(
+        &self,
+        account: &Account,
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<StoredCertificate, AcmeError> {
         let identifiers = [Identifier::Dns(self.domain.clone())];
-        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let order = match replaces {
+            Some(replaces) => {
+                match account
+                    .new_order(&NewOrder::new(&identifiers).replaces(replaces))
+                    .await
+                {
+                    Ok(order) => Ok(order),
+                    // A CA may refuse the `replaces` (say, already replaced by an order
+                    // that failed later); a plain order still renews.
+                    Err(instant_acme::Error::Api(problem)) => {
+                        tracing::info!(problem = %problem, "order with `replaces` refused; ordering without");
+                        account.new_order(&NewOrder::new(&identifiers)).await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            None => account.new_order(&NewOrder::new(&identifiers)).await,
+        };
+        let mut order = order?;
         let mut authorizations = order.authorizations();
         while let Some(authorization) = authorizations.next().await {
             let mut authorization = authorization?;
@@ -316,18 +431,33 @@ impl CertificateManager {
         })
     }
 
-    /// Asks the CA's renewal information when it would like this certificate renewed.
-    async fn ari_window_start_s(
+    /// Asks the CA's renewal information (ARI) when it would like this certificate renewed.
+    /// `None` when the CA offers no renewal information or the answer did not come.
+    async fn renewal_info(
         &self,
         account: &Account,
         stored: &StoredCertificate,
-    ) -> Option<i64> {
+    ) -> Option<RenewalAnswer> {
         let leaf = rustls_pemfile::certs(&mut stored.chain_pem.as_bytes())
             .next()?
             .ok()?;
+        // base64url(AKI keyIdentifier) "." base64url(serial), made by instant-acme.
         let identifier = CertificateIdentifier::try_from(&leaf).ok()?;
         match account.renewal_info(&identifier).await {
-            Ok((info, _retry_after)) => Some(info.suggested_window.start.unix_timestamp()),
+            Ok((info, ask_again_in)) => {
+                let start_s = info.suggested_window.start.unix_timestamp();
+                let end_s = info.suggested_window.end.unix_timestamp();
+                let chosen_s = time_in_window_s(start_s, end_s, window_fraction(leaf.as_ref()));
+                Some(RenewalAnswer {
+                    window: RenewalWindow {
+                        start_s,
+                        end_s,
+                        chosen_s,
+                    },
+                    ask_again_in,
+                    identifier: identifier.into_owned(),
+                })
+            }
             Err(instant_acme::Error::Unsupported(_)) => None,
             Err(error) => {
                 tracing::debug!(error = %error, "renewal information unavailable");
@@ -363,30 +493,45 @@ impl CertificateManager {
             let Some(current_account) = account.clone() else {
                 continue;
             };
-            let due_at_s = match &stored {
-                None => now_s(),
+            let longest_wait = self.settings.renewal_info_recheck_max;
+            let mut replaces = None;
+            let (due_at_s, reason, recheck) = match &stored {
+                None => (now_s(), RenewalReason::NoCertificate, longest_wait),
                 Some(stored) => {
-                    let ari = self.ari_window_start_s(&current_account, stored).await;
-                    renewal_due_at_s(stored.not_before_s, stored.not_after_s, ari)
+                    let answer = self.renewal_info(&current_account, stored).await;
+                    let (due_at_s, reason) = renewal_due_at_s(
+                        stored.not_before_s,
+                        stored.not_after_s,
+                        answer.as_ref().map(|a| a.window.chosen_s),
+                    );
+                    let recheck = answer.as_ref().map_or(longest_wait, |a| {
+                        renewal_info_recheck(a.ask_again_in, longest_wait)
+                    });
+                    self.update_status(|s| s.renewal_window = answer.as_ref().map(|a| a.window));
+                    replaces = answer.map(|a| a.identifier);
+                    (due_at_s, reason, recheck)
                 }
             };
+            self.update_status(|s| s.next_renewal_reason = Some(reason));
             let now = now_s();
             if due_at_s > now {
                 self.update_status(|s| s.next_attempt_at_s = Some(due_at_s));
-                // Wake at least hourly to ask ARI again.
-                let wait = Duration::from_secs(u64::try_from(due_at_s - now).unwrap_or(0))
-                    .min(Duration::from_secs(3600));
+                // Wake in time to ask the renewal information again.
+                let wait =
+                    Duration::from_secs(u64::try_from(due_at_s - now).unwrap_or(0)).min(recheck);
                 if !sleep_or_shutdown(wait, &mut shutdown).await {
                     return;
                 }
                 continue;
             }
-            match self.issue(&current_account).await {
+            tracing::info!(domain = %self.domain, reason = reason.describe(), "ordering a certificate");
+            match self.issue(&current_account, replaces).await {
                 Ok(_) => {
                     failures = 0;
                     self.update_status(|s| {
                         s.last_error = None;
                         s.issued_by_this_process += 1;
+                        s.last_renewal_reason = Some(reason);
                     });
                 }
                 Err(error) => {
@@ -437,12 +582,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renewal_is_due_with_a_third_left_or_at_the_ari_window() {
-        assert_eq!(renewal_due_at_s(0, 90, None), 60);
-        assert_eq!(renewal_due_at_s(1000, 1300, None), 1200);
-        assert_eq!(renewal_due_at_s(0, 90, Some(30)), 30);
+    fn renewal_is_due_with_a_third_left_or_at_the_ari_time() {
+        use RenewalReason::{RenewalInformation, ThirdOfLifetimeLeft};
+        assert_eq!(renewal_due_at_s(0, 90, None), (60, ThirdOfLifetimeLeft));
+        assert_eq!(
+            renewal_due_at_s(1000, 1300, None),
+            (1200, ThirdOfLifetimeLeft)
+        );
+        assert_eq!(renewal_due_at_s(0, 90, Some(30)), (30, RenewalInformation));
+        // A time in the past (a revoked certificate) means now.
+        assert_eq!(renewal_due_at_s(0, 90, Some(-5)), (-5, RenewalInformation));
         // ARI never delays renewal past the one-third point.
-        assert_eq!(renewal_due_at_s(0, 90, Some(80)), 60);
+        assert_eq!(renewal_due_at_s(0, 90, Some(80)), (60, ThirdOfLifetimeLeft));
+    }
+
+    #[test]
+    fn the_time_in_the_window_is_inside_it_and_fixed_per_certificate() {
+        assert_eq!(time_in_window_s(100, 200, 0.0), 100);
+        assert_eq!(time_in_window_s(100, 200, 0.5), 150);
+        assert_eq!(time_in_window_s(100, 200, 1.0), 200);
+        assert_eq!(time_in_window_s(100, 200, 7.0), 200);
+        // A backwards window collapses to its start.
+        assert_eq!(time_in_window_s(200, 100, 0.5), 200);
+        let a = window_fraction(b"certificate a");
+        assert_eq!(a, window_fraction(b"certificate a"));
+        assert_ne!(a, window_fraction(b"certificate b"));
+        let fractions: Vec<f64> = (0u32..1000)
+            .map(|i| window_fraction(&i.to_be_bytes()))
+            .collect();
+        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
+        let below_half = fractions.iter().filter(|f| **f < 0.5).count();
+        assert!(
+            (400..600).contains(&below_half),
+            "{below_half} of 1000 below 0.5"
+        );
+    }
+
+    #[test]
+    fn renewal_information_is_asked_again_within_bounds() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            renewal_info_recheck(Duration::ZERO, hour),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            renewal_info_recheck(Duration::from_secs(600), hour),
+            Duration::from_secs(600)
+        );
+        assert_eq!(renewal_info_recheck(6 * hour, hour), hour);
+        // A test's short ceiling also lowers the floor.
+        let second = Duration::from_secs(1);
+        assert_eq!(renewal_info_recheck(6 * hour, second), second);
     }
 
     #[test]

@@ -36,10 +36,14 @@ pub struct AcmeSettings {
     pub retry_min: Duration,
     /// Longest wait after failed attempts.
     pub retry_max: Duration,
+    /// Longest wait before asking the CA's renewal information (ARI) again, whatever its
+    /// `Retry-After` says (the floor is a minute, or this if shorter).
+    pub renewal_info_recheck_max: Duration,
 }
 
 impl AcmeSettings {
-    /// Settings for `directory_url` with the defaults: TLS-ALPN-01, retries 1 min to 6 h.
+    /// Settings for `directory_url` with the defaults: TLS-ALPN-01, retries 1 min to 6 h,
+    /// renewal information asked at least hourly.
     pub fn new(directory_url: impl Into<String>) -> Self {
         Self {
             directory_url: directory_url.into(),
@@ -50,6 +54,7 @@ impl AcmeSettings {
             caa_issuer: None,
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(6 * 3600),
+            renewal_info_recheck_max: Duration::from_secs(3600),
         }
     }
 }

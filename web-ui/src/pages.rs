@@ -269,7 +269,24 @@ pub fn console(view: &ConsoleView<'_>) -> String {
             );
         }
         if let Some(next) = acme.next_attempt_at_s {
-            let _ = write!(html, "<dt>Next renewal attempt</dt><dd>{}</dd>", date(next));
+            let why = acme
+                .next_renewal_reason
+                .map(|reason| format!(" ({})", reason.describe()))
+                .unwrap_or_default();
+            let _ = write!(
+                html,
+                "<dt>Next renewal attempt</dt><dd id=\"next-renewal\">{}{}</dd>",
+                date(next),
+                escape(&why)
+            );
+        }
+        if let Some(window) = &acme.renewal_window {
+            let _ = write!(
+                html,
+                "<dt>CA's renewal window (ARI)</dt><dd>{} to {}</dd>",
+                date(window.start_s),
+                date(window.end_s)
+            );
         }
         if let Some(error) = &acme.last_error {
             let _ = write!(

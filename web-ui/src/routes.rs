@@ -723,6 +723,10 @@ async fn owner_status(State(state): Shared, headers: HeaderMap) -> Response {
             "caa_record": a.caa_record,
             "last_error": a.last_error,
             "next_attempt_at_s": a.next_attempt_at_s,
+            "next_renewal_reason": a.next_renewal_reason.map(|r| r.describe()),
+            "renewal_window": a.renewal_window.map(|w| serde_json::json!({
+                "start_s": w.start_s, "end_s": w.end_s, "chosen_s": w.chosen_s,
+            })),
         })),
         "users": users.iter().map(|u| serde_json::json!({
             "id": hex::encode(u.id), "name": u.name, "owner": u.is_owner, "revoked": u.revoked,

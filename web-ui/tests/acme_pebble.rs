@@ -1,12 +1,18 @@
-//! ACME against a real Pebble (Debian's `pebble` package): issuance with TLS-ALPN-01 and
-//! with HTTP-01, external account binding, renewal of a short-lived certificate, the old certificate still served
-//! while the CA is unreachable, and a restart that serves the stored certificate without
-//! issuing again.
+//! ACME against a real Pebble (Debian trixie's `pebble` 2.6, installed by
+//! `scripts/setup-test-deps.sh`): issuance with TLS-ALPN-01 and with HTTP-01, external
+//! account binding, renewal of a short-lived certificate, renewal when the CA's renewal
+//! information (ARI) asks for it earlier than the one-third rule, the old certificate still
+//! served while the CA is unreachable, and a restart that serves the stored certificate
+//! without issuing again.
 //!
 //! Each test starts its own Pebble and `pebble-challtestsrv` (as the DNS server that sends
 //! every name to 127.0.0.1) on free ports, with an API certificate made by `openssl` at
 //! test time. Pebble keeps rejecting 5% of nonces, as it does by default. Pebble makes a
 //! fresh root on each start; the tests fetch it from the management port's `/roots/0`.
+//!
+//! Pebble's renewal window for a certificate that is not revoked starts a day before two
+//! thirds of its lifetime, so certificates of an hour or less are due at once by ARI; the
+//! tests that must not renew use week-long certificates.
 //!
 //! Without `/usr/bin/pebble` the tests say SKIPPED and pass, unless `CLOISTER_REQUIRE_PEBBLE=1`.
 
@@ -17,10 +23,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cloister_web_ui::acme::RenewalReason;
 use cloister_web_ui::config::{AcmeSettings, ChallengeKind, Settings};
 use cloister_web_ui::{RunningServer, tls};
 
 const DOMAIN: &str = "box.cloister.test";
+/// Long enough that Pebble's renewal window lies days ahead.
+const WEEK_S: u64 = 7 * 24 * 3600;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -28,6 +37,22 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The box's ports, which Pebble validates on.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    https: u16,
+    http: u16,
+}
+
+impl Ports {
+    fn free() -> Self {
+        Self {
+            https: free_port(),
+            http: free_port(),
+        }
+    }
 }
 
 fn pebble_missing() -> bool {
@@ -63,20 +88,10 @@ struct Pebble {
 }
 
 impl Pebble {
-    /// Starts Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`,
-    /// issuing certificates valid for `validity_s` seconds.
-    fn start(http_port: u16, tls_port: u16, validity_s: u64) -> Self {
-        Self::start_with_eab(http_port, tls_port, validity_s, None)
-    }
-
-    /// Like [`Self::start`]; with `eab` (key id, base64url MAC key) Pebble requires external
-    /// account binding.
-    fn start_with_eab(
-        http_port: u16,
-        tls_port: u16,
-        validity_s: u64,
-        eab: Option<(&str, &str)>,
-    ) -> Self {
+    /// Starts Pebble validating HTTP-01 and TLS-ALPN-01 on the box's `ports`, issuing
+    /// certificates valid for `validity_s` seconds; with `eab` (key id, base64url MAC key)
+    /// it requires external account binding.
+    fn start_with_eab(ports: Ports, validity_s: u64, eab: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // The API certificate: a CA of our own and a leaf for localhost signed by it.
@@ -146,8 +161,8 @@ impl Pebble {
             "managementListenAddress": format!("127.0.0.1:{management_port}"),
             "certificate": d.join("api.pem"),
             "privateKey": d.join("api.key"),
-            "httpPort": http_port,
-            "tlsPort": tls_port,
+            "httpPort": ports.http,
+            "tlsPort": ports.https,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
             "certificateValidityPeriod": validity_s,
@@ -256,15 +271,79 @@ fn wait_for_port(address: SocketAddr) {
     }
 }
 
-fn settings(state: &Path, https_port: u16, http_port: u16, acme: AcmeSettings) -> Settings {
+/// One test's Pebble, the box's ports and a fresh state folder.
+struct Fixture {
+    pebble: Pebble,
+    ports: Ports,
+    state: tempfile::TempDir,
+}
+
+/// A [`Fixture`] whose Pebble issues certificates valid for `validity_s` seconds and, with
+/// `eab`, requires external account binding; `None` (the test skips) without Pebble.
+fn fixture(validity_s: u64, eab: Option<(&str, &str)>) -> Option<Fixture> {
+    if pebble_missing() {
+        return None;
+    }
+    let ports = Ports::free();
+    Some(Fixture {
+        pebble: Pebble::start_with_eab(ports, validity_s, eab),
+        ports,
+        state: tempfile::tempdir().unwrap(),
+    })
+}
+
+/// Starts a box for [`DOMAIN`] on `state` and `ports`, getting its certificate by `acme`.
+async fn start_box(state: &Path, ports: Ports, acme: AcmeSettings) -> RunningServer {
     let mut settings = Settings::new(state);
     settings.listen_address = [127, 0, 0, 1].into();
-    settings.https_port = https_port;
-    settings.http_port = Some(http_port);
+    settings.https_port = ports.https;
+    settings.http_port = Some(ports.http);
     settings.domain = Some(DOMAIN.to_owned());
     settings.acme = Some(acme);
     settings.supervisor_socket = state.join("no-supervisor.sock");
-    settings
+    cloister_web_ui::start(settings).await.unwrap()
+}
+
+/// Starts a box and waits until it serves its first certificate from the CA, for [`DOMAIN`].
+async fn start_and_issue(
+    state: &Path,
+    ports: Ports,
+    acme: AcmeSettings,
+) -> (RunningServer, tls::CertificateFacts) {
+    let server = start_box(state, ports, acme).await;
+    let issued = wait_for_issued(&server, None, Duration::from_secs(90)).await;
+    assert_eq!(issued.names, vec![DOMAIN.to_owned()]);
+    (server, issued)
+}
+
+/// `GET /healthz` over HTTPS; the whole answer.
+async fn healthz(server: &RunningServer) -> String {
+    let mut stream = common::tls_connect(server.https_address, DOMAIN).await;
+    let answer = common::exchange(
+        &mut stream,
+        b"GET /healthz HTTP/1.1\r\nHost: box.cloister.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Waits until the certificate manager's status passes `check`; returns that status.
+async fn wait_for_status(
+    server: &RunningServer,
+    what: &str,
+    check: impl Fn(&cloister_web_ui::acme::CertificateStatus) -> bool,
+) -> cloister_web_ui::acme::CertificateStatus {
+    let manager = server.state.certificates.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = manager.status();
+        if check(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: not in time; {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until the server presents a CA-issued certificate different from `not`.
@@ -316,22 +395,16 @@ async fn assert_chain_verifies(pebble: &Pebble, server: &RunningServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_issues_and_a_restart_serves_the_stored_certificate() {
-    if pebble_missing() {
+    let Some(Fixture {
+        pebble,
+        ports,
+        state,
+    }) = fixture(WEEK_S, None)
+    else {
         return;
-    }
-    let (https_port, http_port) = (free_port(), free_port());
-    let pebble = Pebble::start(http_port, https_port, 3600);
-    let state = tempfile::tempdir().unwrap();
-    let server = cloister_web_ui::start(settings(
-        state.path(),
-        https_port,
-        http_port,
-        pebble.acme_settings(ChallengeKind::TlsAlpn01),
-    ))
-    .await
-    .unwrap();
-    let issued = wait_for_issued(&server, None, Duration::from_secs(90)).await;
-    assert_eq!(issued.names, vec![DOMAIN.to_owned()]);
+    };
+    let acme = pebble.acme_settings(ChallengeKind::TlsAlpn01);
+    let (server, issued) = start_and_issue(state.path(), ports, acme.clone()).await;
     assert_chain_verifies(&pebble, &server).await;
     let status = server.state.certificates.as_ref().unwrap().status();
     let caa = status.caa_record.unwrap();
@@ -341,14 +414,7 @@ async fn tls_alpn_01_issues_and_a_restart_serves_the_stored_certificate() {
 
     // Restart on the same state: the stored certificate is served from the first handshake
     // and nothing new is issued.
-    let server = cloister_web_ui::start(settings(
-        state.path(),
-        https_port,
-        http_port,
-        pebble.acme_settings(ChallengeKind::TlsAlpn01),
-    ))
-    .await
-    .unwrap();
+    let server = start_box(state.path(), ports, acme).await;
     let leaf = common::served_leaf(server.https_address, DOMAIN).await;
     assert_eq!(
         tls::certificate_facts(&leaf).unwrap().fingerprint_sha256,
@@ -371,54 +437,40 @@ async fn tls_alpn_01_issues_and_a_restart_serves_the_stored_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_01_issues() {
-    if pebble_missing() {
+    let Some(Fixture {
+        pebble,
+        ports,
+        state,
+    }) = fixture(WEEK_S, None)
+    else {
         return;
-    }
-    let (https_port, http_port) = (free_port(), free_port());
-    let pebble = Pebble::start(http_port, https_port, 3600);
-    let state = tempfile::tempdir().unwrap();
-    let server = cloister_web_ui::start(settings(
-        state.path(),
-        https_port,
-        http_port,
-        pebble.acme_settings(ChallengeKind::Http01),
-    ))
-    .await
-    .unwrap();
-    let issued = wait_for_issued(&server, None, Duration::from_secs(90)).await;
-    assert_eq!(issued.names, vec![DOMAIN.to_owned()]);
+    };
+    let acme = pebble.acme_settings(ChallengeKind::Http01);
+    let (server, _) = start_and_issue(state.path(), ports, acme).await;
     assert_chain_verifies(&pebble, &server).await;
     // With a CA's certificate, HSTS is on.
-    let mut stream = common::tls_connect(server.https_address, DOMAIN).await;
-    let answer = common::exchange(
-        &mut stream,
-        b"GET /healthz HTTP/1.1\r\nHost: box.cloister.test\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-    assert!(text.contains("strict-transport-security: max-age=31536000"));
+    assert!(
+        healthz(&server)
+            .await
+            .to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=31536000")
+    );
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_certificate_is_renewed_and_kept_while_the_ca_is_down() {
-    if pebble_missing() {
+    // 30 s certificates: due by ARI at once, and by the one-third rule 20 s after issuance.
+    let Some(Fixture {
+        mut pebble,
+        ports,
+        state,
+    }) = fixture(30, None)
+    else {
         return;
-    }
-    let (https_port, http_port) = (free_port(), free_port());
-    // 30 s certificates: renewal is due 20 s after issuance.
-    let mut pebble = Pebble::start(http_port, https_port, 30);
-    let state = tempfile::tempdir().unwrap();
-    let server = cloister_web_ui::start(settings(
-        state.path(),
-        https_port,
-        http_port,
-        pebble.acme_settings(ChallengeKind::TlsAlpn01),
-    ))
-    .await
-    .unwrap();
-    let first = wait_for_issued(&server, None, Duration::from_secs(90)).await;
+    };
+    let acme = pebble.acme_settings(ChallengeKind::TlsAlpn01);
+    let (server, first) = start_and_issue(state.path(), ports, acme).await;
     let second = wait_for_issued(
         &server,
         Some(&first.fingerprint_sha256),
@@ -429,62 +481,135 @@ async fn a_short_lived_certificate_is_renewed_and_kept_while_the_ca_is_down() {
 
     // The CA goes away: renewal fails, retries back off, the current certificate stays.
     pebble.stop();
-    let manager = server.state.certificates.clone().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while manager.status().last_error.is_none() {
-        assert!(Instant::now() < deadline, "no renewal attempt failed");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let leaf = common::served_leaf(server.https_address, DOMAIN).await;
-    assert_eq!(
-        tls::certificate_facts(&leaf).unwrap().fingerprint_sha256,
-        second.fingerprint_sha256,
-        "the last good certificate is still served"
+    wait_for_status(&server, "a failed renewal", |s| s.last_error.is_some()).await;
+    // ARI kept renewing until the CA went away, so the last good certificate is the
+    // stored one, not necessarily `second`.
+    let stored = server.state.store.certificate(DOMAIN).unwrap().unwrap();
+    let stored_leaf = rustls_pemfile::certs(&mut stored.chain_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let last_good = tls::certificate_facts(stored_leaf.as_ref()).unwrap();
+    let served = common::served_leaf(server.https_address, DOMAIN).await;
+    let served = tls::certificate_facts(&served).unwrap();
+    assert!(
+        !served.self_signed,
+        "a certificate from the CA is still served"
     );
-    let mut stream = common::tls_connect(server.https_address, DOMAIN).await;
-    let answer = common::exchange(
-        &mut stream,
-        b"GET /healthz HTTP/1.1\r\nHost: box.cloister.test\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
+    assert!(served.not_after_s >= second.not_after_s);
+    assert_eq!(
+        served.fingerprint_sha256, last_good.fingerprint_sha256,
+        "the last good certificate is served"
+    );
+    assert_eq!(
+        common::status_of(healthz(&server).await.as_bytes()),
+        Some(200)
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_information_earlier_than_the_one_third_rule_renews() {
+    use instant_acme::{Account, RevocationReason, RevocationRequest};
+    let Some(Fixture {
+        pebble,
+        ports,
+        state,
+    }) = fixture(WEEK_S, None)
+    else {
+        return;
+    };
+    let mut acme = pebble.acme_settings(ChallengeKind::TlsAlpn01);
+    acme.renewal_info_recheck_max = Duration::from_secs(1);
+    let (server, first) = start_and_issue(state.path(), ports, acme).await;
+    let third_left = first.not_after_s - (first.not_after_s - first.not_before_s) / 3;
+
+    // Pebble suggests a window from a day before the two-thirds point; the box picks a time
+    // in it and renews then or at the one-third point, whichever comes first.
+    let status = wait_for_status(&server, "renewal information", |s| {
+        s.renewal_window.is_some() && s.next_attempt_at_s.is_some()
+    })
+    .await;
+    let window = status.renewal_window.unwrap();
+    assert!(
+        window.start_s < third_left,
+        "{window:?}, third left at {third_left}"
+    );
+    assert!((window.start_s..=window.end_s).contains(&window.chosen_s));
+    assert_eq!(
+        status.next_attempt_at_s,
+        Some(window.chosen_s.min(third_left))
+    );
+    assert_eq!(status.issued_by_this_process, 1);
+
+    // The CA revokes the certificate (here: the account owner asks it to); its renewal
+    // information now says "renew now", days before a third of the lifetime is left.
+    let (credentials, _) = server
+        .state
+        .store
+        .acme_account(&pebble.directory_url)
+        .unwrap()
+        .unwrap();
+    let account = Account::builder_with_root(&pebble.api_root)
+        .unwrap()
+        .from_credentials(serde_json::from_str(&credentials).unwrap())
+        .await
+        .unwrap();
+    let leaf = rustls::pki_types::CertificateDer::from(
+        common::served_leaf(server.https_address, DOMAIN).await,
+    );
+    account
+        .revoke(&RevocationRequest {
+            certificate: &leaf,
+            reason: Some(RevocationReason::KeyCompromise),
+        })
+        .await
+        .unwrap();
+    let second = wait_for_issued(
+        &server,
+        Some(&first.fingerprint_sha256),
+        Duration::from_secs(60),
     )
     .await;
-    assert_eq!(common::status_of(&answer), Some(200));
+    assert!(cloister_web_ui::clock::now_s() < third_left);
+    let status = server.state.certificates.as_ref().unwrap().status();
+    assert_eq!(
+        status.last_renewal_reason,
+        Some(RenewalReason::RenewalInformation)
+    );
+    assert_eq!(status.issued_by_this_process, 2);
+    assert!(second.not_after_s >= first.not_after_s);
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_account_binding_is_sent_when_configured() {
-    if pebble_missing() {
-        return;
-    }
     use base64::Engine as _;
     const KID: &str = "kid-cloister";
     const KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
-    let (https_port, http_port) = (free_port(), free_port());
-    let pebble = Pebble::start_with_eab(http_port, https_port, 3600, Some((KID, KEY)));
+    let Some(Fixture {
+        pebble,
+        ports,
+        state,
+    }) = fixture(WEEK_S, Some((KID, KEY)))
+    else {
+        return;
+    };
 
     // Without the binding the CA refuses the account, and the box keeps its self-signed
     // certificate.
-    let state = tempfile::tempdir().unwrap();
-    let server = cloister_web_ui::start(settings(
+    let server = start_box(
         state.path(),
-        https_port,
-        http_port,
+        ports,
         pebble.acme_settings(ChallengeKind::TlsAlpn01),
-    ))
-    .await
-    .unwrap();
-    let manager = server.state.certificates.clone().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while manager.status().last_error.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "an account without EAB was not refused"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    )
+    .await;
+    let status = wait_for_status(&server, "an account without EAB refused", |s| {
+        s.last_error.is_some()
+    })
+    .await;
     assert!(server.state.resolver.facts().self_signed);
-    assert!(manager.status().account_url.is_none());
+    assert!(status.account_url.is_none());
     server.stop().await;
 
     // With it, issuance works.
@@ -494,10 +619,6 @@ async fn external_account_binding_is_sent_when_configured() {
         .unwrap();
     acme.external_account = Some((KID.to_owned(), key));
     let state = tempfile::tempdir().unwrap();
-    let server = cloister_web_ui::start(settings(state.path(), https_port, http_port, acme))
-        .await
-        .unwrap();
-    let issued = wait_for_issued(&server, None, Duration::from_secs(90)).await;
-    assert_eq!(issued.names, vec![DOMAIN.to_owned()]);
+    let (server, _) = start_and_issue(state.path(), ports, acme).await;
     server.stop().await;
 }
