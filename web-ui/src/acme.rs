@@ -4,7 +4,8 @@
 //! the CA. The manager serves the stored certificate at start (a restart never re-issues),
 //! renews when a third of the lifetime remains or earlier when the CA's renewal
 //! information (ARI, RFC 9773) says so, and on failure keeps the current certificate while
-//! retrying with exponential back-off. It must never log or return key material.
+//! retrying with exponential back-off. It must never log or return key material. Database
+//! calls go through [`Store::call`], off the async workers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -272,7 +273,8 @@ impl CertificateManager {
     /// Restores the stored account for this directory, or creates one and stores it.
     pub async fn account(&self) -> Result<Account, AcmeError> {
         let directory = &self.settings.directory_url;
-        let account = match self.store.acme_account(directory)? {
+        let lookup = directory.clone();
+        let account = match self.store.call(move |s| s.acme_account(&lookup)).await? {
             Some((credentials_json, _)) => {
                 let credentials =
                     serde_json::from_str(&credentials_json).map_err(AcmeError::Credentials)?;
@@ -301,8 +303,10 @@ impl CertificateManager {
                     .await?;
                 let credentials_json =
                     serde_json::to_string(&credentials).map_err(AcmeError::Credentials)?;
+                let (directory, account_url) = (directory.clone(), account.id().to_owned());
                 self.store
-                    .put_acme_account(directory, &credentials_json, account.id())?;
+                    .call(move |s| s.put_acme_account(&directory, &credentials_json, &account_url))
+                    .await?;
                 tracing::info!(account = account.id(), "created the ACME account");
                 account
             }
@@ -338,7 +342,8 @@ impl CertificateManager {
         self.http_challenges.clear();
         self.resolver.clear_challenge(&self.domain);
         let stored = result?;
-        self.store.put_certificate(&stored)?;
+        let row = stored.clone();
+        self.store.call(move |s| s.put_certificate(&row)).await?;
         self.resolver.replace(tls::served_certificate(&stored)?);
         tracing::info!(
             domain = %self.domain,
@@ -471,7 +476,8 @@ impl CertificateManager {
         let mut failures: u32 = 0;
         let mut account: Option<Account> = None;
         loop {
-            let stored = match self.store.certificate(&self.domain) {
+            let domain = self.domain.clone();
+            let stored = match self.store.call(move |s| s.certificate(&domain)).await {
                 Ok(stored) => stored,
                 Err(error) => {
                     tracing::error!(error = %error, "cannot read the stored certificate");

@@ -236,7 +236,7 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(SWEEP_INTERVAL) => {
-                    if let Err(error) = store.sweep_expired(now_s()) {
+                    if let Err(error) = store.call(|s| s.sweep_expired(now_s())).await {
                         tracing::warn!(error = %error, "cannot sweep expired sessions");
                     }
                 }

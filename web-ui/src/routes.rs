@@ -32,7 +32,7 @@ use crate::security::{
     random_hex,
 };
 use crate::server::ClientAddress;
-use crate::store::{Store, User};
+use crate::store::{Store, StoreError, User};
 use crate::tls::CertificateResolver;
 
 /// Longest a handler may take, reading the body included.
@@ -228,7 +228,8 @@ async fn rotate_session(State(state): Shared, mut request: Request, next: Next) 
     else {
         return next.run(request).await;
     };
-    let session = match state.store.session(&token, now) {
+    let lookup = token.clone();
+    let session = match state.store.call(move |s| s.session(&lookup, now)).await {
         Ok(Some(session)) => session,
         _ => return next.run(request).await,
     };
@@ -238,10 +239,12 @@ async fn rotate_session(State(state): Shared, mut request: Request, next: Next) 
     }
     let new_token = random_hex(32);
     let expires = (now + policy.lifetime_s).min(session.signed_in_at_s + policy.absolute_max_s);
-    if !matches!(
-        state.store.rotate_session(&token, &new_token, now, expires),
-        Ok(true)
-    ) {
+    let (old, new) = (token.clone(), new_token.clone());
+    let rotated = state
+        .store
+        .call(move |s| s.rotate_session(&old, &new, now, expires))
+        .await;
+    if !matches!(rotated, Ok(true)) {
         return next.run(request).await;
     }
     // The handler sees the new token; the browser gets it in the answer.
@@ -272,22 +275,53 @@ async fn rotate_session(State(state): Shared, mut request: Request, next: Next) 
 
 // ---- helpers ------------------------------------------------------------------------
 
-fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<User> {
-    let token = cookie(headers, SESSION_COOKIE).filter(|v| is_token_shaped(v))?;
-    let now = now_s();
-    let session = state.store.session(token, now).ok()??;
-    if now - session.signed_in_at_s >= state.settings.sessions.absolute_max_s {
-        return None;
-    }
+/// The signed-in user of a request, looked up on the blocking pool ([`Store::call`]).
+pub(crate) async fn current_user(state: &Arc<AppState>, headers: &HeaderMap) -> Option<User> {
+    let token = cookie(headers, SESSION_COOKIE)
+        .filter(|v| is_token_shaped(v))?
+        .to_owned();
+    let absolute_max_s = state.settings.sessions.absolute_max_s;
     state
         .store
-        .user(&session.user_id)
+        .call(move |store| Ok(session_user(store, &token, absolute_max_s)))
+        .await
         .ok()?
-        .filter(|u| !u.revoked)
 }
 
-fn owner(state: &AppState, headers: &HeaderMap) -> Result<User, Response> {
-    match signed_in(state, headers) {
+/// The live, unrevoked account behind a session token (blocking).
+fn session_user(store: &Store, token: &str, absolute_max_s: i64) -> Option<User> {
+    let now = now_s();
+    let session = store.session(token, now).ok()??;
+    if now - session.signed_in_at_s >= absolute_max_s {
+        return None;
+    }
+    store.user(&session.user_id).ok()?.filter(|u| !u.revoked)
+}
+
+/// Runs `work` (passkey ceremonies, which read and write the database) on the blocking
+/// pool with the shared state.
+async fn off_runtime<T, F>(state: &Arc<AppState>, work: F) -> Result<T, AuthError>
+where
+    T: Send + 'static,
+    F: FnOnce(&AppState) -> Result<T, AuthError> + Send + 'static,
+{
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || work(&state))
+        .await
+        .map_err(|_| AuthError::Store(StoreError::Interrupted))?
+}
+
+/// The answer to a database failure; the error itself goes to the log only.
+fn storage_failed(error: &StoreError) -> Response {
+    tracing::error!(error = %error, "database error");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the box could not store this",
+    )
+}
+
+async fn owner(state: &Arc<AppState>, headers: &HeaderMap) -> Result<User, Response> {
+    match current_user(state, headers).await {
         Some(user) if user.is_owner => Ok(user),
         Some(_) => Err(error_response(StatusCode::FORBIDDEN, "owner only")),
         None => Err(error_response(StatusCode::UNAUTHORIZED, "sign in first")),
@@ -364,30 +398,17 @@ fn rate_limited(state: &AppState, client: ClientAddress) -> Result<(), Response>
     }
 }
 
-fn open_session(state: &AppState, user_id: &[u8; 16]) -> Result<HeaderValue, Response> {
+async fn open_session(state: &Arc<AppState>, user_id: [u8; 16]) -> Result<HeaderValue, Response> {
     let token = random_hex(32);
     let now = now_s();
+    let lifetime_s = state.settings.sessions.lifetime_s;
+    let stored = token.clone();
     state
         .store
-        .create_session(
-            &token,
-            user_id,
-            now,
-            now + state.settings.sessions.lifetime_s,
-            now,
-        )
-        .map_err(|_| {
-            error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the box could not store this",
-            )
-        })?;
-    Ok(host_cookie(
-        SESSION_COOKIE,
-        &token,
-        state.settings.sessions.lifetime_s,
-        true,
-    ))
+        .call(move |s| s.create_session(&stored, &user_id, now, now + lifetime_s, now))
+        .await
+        .map_err(|error| storage_failed(&error))?;
+    Ok(host_cookie(SESSION_COOKIE, &token, lifetime_s, true))
 }
 
 fn credential_value(body: &[u8]) -> Result<api::CeremonyFinish, Response> {
@@ -405,7 +426,7 @@ async fn home(
     Extension(csrf): Extension<CsrfToken>,
     headers: HeaderMap,
 ) -> Response {
-    match signed_in(&state, &headers) {
+    match current_user(&state, &headers).await {
         Some(user) => render(
             &state,
             &csrf,
@@ -415,7 +436,7 @@ async fn home(
             &pages::home_signed_in(&user),
         ),
         None => {
-            let has_owner = state.store.has_owner().unwrap_or(true);
+            let has_owner = state.store.call(|s| s.has_owner()).await.unwrap_or(true);
             render(
                 &state,
                 &csrf,
@@ -429,7 +450,7 @@ async fn home(
 }
 
 async fn setup_page(State(state): Shared, Extension(csrf): Extension<CsrfToken>) -> Response {
-    if state.store.has_owner().unwrap_or(true) {
+    if state.store.call(|s| s.has_owner()).await.unwrap_or(true) {
         return Redirect::to("/").into_response();
     }
     render(
@@ -458,10 +479,15 @@ async fn account_page(
     Extension(csrf): Extension<CsrfToken>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(user) = signed_in(&state, &headers) else {
+    let Some(user) = current_user(&state, &headers).await else {
         return Redirect::to("/").into_response();
     };
-    let passkeys = state.store.passkeys_of(&user.id).unwrap_or_default();
+    let user_id = user.id;
+    let passkeys = state
+        .store
+        .call(move |s| s.passkeys_of(&user_id))
+        .await
+        .unwrap_or_default();
     render(
         &state,
         &csrf,
@@ -477,7 +503,7 @@ async fn console_page(
     Extension(csrf): Extension<CsrfToken>,
     headers: HeaderMap,
 ) -> Response {
-    let Ok(user) = owner(&state, &headers) else {
+    let Ok(user) = owner(&state, &headers).await else {
         return Redirect::to("/").into_response();
     };
     let socket = state.settings.supervisor_socket.clone();
@@ -495,17 +521,22 @@ async fn console_page(
         Some(services) => console::recent_logs(&socket, services, 50).await,
         None => None,
     };
-    let users: Vec<_> = state
+    let (users, invitations) = state
         .store
-        .users()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|u| {
-            let passkeys = state.store.passkeys_of(&u.id).unwrap_or_default();
-            (u, passkeys)
+        .call(|s| {
+            let users: Vec<_> = s
+                .users()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|u| {
+                    let passkeys = s.passkeys_of(&u.id).unwrap_or_default();
+                    (u, passkeys)
+                })
+                .collect();
+            Ok((users, s.invitations().unwrap_or_default()))
         })
-        .collect();
-    let invitations = state.store.invitations().unwrap_or_default();
+        .await
+        .unwrap_or_default();
     let certificate = state.resolver.facts();
     let acme = state.certificates.as_ref().map(|m| m.status());
     let body = pages::console(&pages::ConsoleView {
@@ -555,10 +586,12 @@ async fn setup_begin(
         Ok(request) => request,
         Err(error) => return body_error(error),
     };
-    match state
-        .passkeys
-        .begin_setup(&state.store, request.code.trim(), &request.name, now_s())
-    {
+    let begun = off_runtime(&state, move |st| {
+        st.passkeys
+            .begin_setup(&st.store, request.code.trim(), &request.name, now_s())
+    })
+    .await;
+    match begun {
         Ok(begun) => Json(begun).into_response(),
         Err(error) => auth_error(error),
     }
@@ -576,27 +609,31 @@ async fn invitation_begin(
         Ok(request) => request,
         Err(error) => return body_error(error),
     };
-    match state
-        .passkeys
-        .begin_invitation(&state.store, &request.token, now_s())
-    {
+    let begun = off_runtime(&state, move |st| {
+        st.passkeys
+            .begin_invitation(&st.store, &request.token, now_s())
+    })
+    .await;
+    match begun {
         Ok(begun) => Json(begun).into_response(),
         Err(error) => auth_error(error),
     }
 }
 
 async fn add_passkey_begin(State(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(user) = signed_in(&state, &headers) else {
+    let Some(user) = current_user(&state, &headers).await else {
         return error_response(StatusCode::UNAUTHORIZED, "sign in first");
     };
     let request: api::AddPasskeyBegin = match api::parse_body(&body) {
         Ok(request) => request,
         Err(error) => return body_error(error),
     };
-    match state
-        .passkeys
-        .begin_add_passkey(&state.store, &user, &request.label, now_s())
-    {
+    let begun = off_runtime(&state, move |st| {
+        st.passkeys
+            .begin_add_passkey(&st.store, &user, &request.label, now_s())
+    })
+    .await;
+    match begun {
         Ok(begun) => Json(begun).into_response(),
         Err(error) => auth_error(error),
     }
@@ -608,34 +645,56 @@ async fn registration_finish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = rate_limited(&state, client) {
-        return response;
-    }
-    let finish = match credential_value(&body) {
-        Ok(finish) => finish,
+    let finished = finish_ceremony(
+        &state,
+        client,
+        &body,
+        |st, ceremony, credential: &webauthn_rs::prelude::RegisterPublicKeyCredential| {
+            st.passkeys
+                .finish_registration(&st.store, ceremony, credential, now_s())
+        },
+    )
+    .await;
+    let user_id = match finished {
+        Ok(user_id) => user_id,
         Err(response) => return response,
     };
-    let credential: webauthn_rs::prelude::RegisterPublicKeyCredential =
-        match serde_json::from_value(finish.credential) {
-            Ok(credential) => credential,
-            Err(_) => return body_error(BodyError::Malformed),
-        };
-    let user_id = match state.passkeys.finish_registration(
-        &state.store,
-        &finish.ceremony,
-        &credential,
-        now_s(),
-    ) {
-        Ok(user_id) => user_id,
-        Err(error) => return auth_error(error),
-    };
-    if signed_in(&state, &headers).is_some() {
+    if current_user(&state, &headers).await.is_some() {
         return Json(serde_json::json!({"next": "/account"})).into_response();
     }
-    match open_session(&state, &user_id) {
+    start_session(&state, user_id, "/").await
+}
+
+/// The steps that finishing a registration and a sign-in share: the rate limit, the body
+/// (which must not carry PRF results), the credential decoded as `C`, then `finish` with the
+/// ceremony id on the blocking pool; every failure becomes its answer.
+async fn finish_ceremony<C, T, F>(
+    state: &Arc<AppState>,
+    client: ClientAddress,
+    body: &[u8],
+    finish: F,
+) -> Result<T, Response>
+where
+    C: serde::de::DeserializeOwned + Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(&AppState, &str, &C) -> Result<T, AuthError> + Send + 'static,
+{
+    rate_limited(state, client)?;
+    let request = credential_value(body)?;
+    let credential: C =
+        serde_json::from_value(request.credential).map_err(|_| body_error(BodyError::Malformed))?;
+    let ceremony = request.ceremony;
+    off_runtime(state, move |st| finish(st, &ceremony, &credential))
+        .await
+        .map_err(auth_error)
+}
+
+/// Opens a session for `user_id` and answers with its cookie and the page to go to.
+async fn start_session(state: &Arc<AppState>, user_id: [u8; 16], next: &str) -> Response {
+    match open_session(state, user_id).await {
         Ok(cookie) => (
             [(header::SET_COOKIE, cookie)],
-            Json(serde_json::json!({"next": "/"})),
+            Json(serde_json::json!({ "next": next })),
         )
             .into_response(),
         Err(response) => response,
@@ -660,40 +719,29 @@ async fn sign_in_finish(
     Extension(client): Extension<ClientAddress>,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = rate_limited(&state, client) {
-        return response;
-    }
-    let finish = match credential_value(&body) {
-        Ok(finish) => finish,
+    let finished = finish_ceremony(
+        &state,
+        client,
+        &body,
+        |st, ceremony, credential: &webauthn_rs::prelude::PublicKeyCredential| {
+            st.passkeys
+                .finish_sign_in(&st.store, ceremony, credential, now_s())
+        },
+    )
+    .await;
+    let user = match finished {
+        Ok(user) => user,
         Err(response) => return response,
     };
-    let credential: webauthn_rs::prelude::PublicKeyCredential =
-        match serde_json::from_value(finish.credential) {
-            Ok(credential) => credential,
-            Err(_) => return body_error(BodyError::Malformed),
-        };
-    let user =
-        match state
-            .passkeys
-            .finish_sign_in(&state.store, &finish.ceremony, &credential, now_s())
-        {
-            Ok(user) => user,
-            Err(error) => return auth_error(error),
-        };
     tracing::info!(owner = user.is_owner, "signed in");
-    match open_session(&state, &user.id) {
-        Ok(cookie) => (
-            [(header::SET_COOKIE, cookie)],
-            Json(serde_json::json!({"next": if user.is_owner { "/console" } else { "/" }})),
-        )
-            .into_response(),
-        Err(response) => response,
-    }
+    let next = if user.is_owner { "/console" } else { "/" };
+    start_session(&state, user.id, next).await
 }
 
 async fn sign_out(State(state): Shared, headers: HeaderMap) -> Response {
     if let Some(token) = cookie(&headers, SESSION_COOKIE).filter(|v| is_token_shaped(v)) {
-        let _ = state.store.end_session(token);
+        let token = token.to_owned();
+        let _ = state.store.call(move |s| s.end_session(&token)).await;
     }
     (
         [(header::SET_COOKIE, host_cookie(SESSION_COOKIE, "", 0, true))],
@@ -703,12 +751,12 @@ async fn sign_out(State(state): Shared, headers: HeaderMap) -> Response {
 }
 
 async fn owner_status(State(state): Shared, headers: HeaderMap) -> Response {
-    if let Err(response) = owner(&state, &headers) {
+    if let Err(response) = owner(&state, &headers).await {
         return response;
     }
     let facts = state.resolver.facts();
     let acme = state.certificates.as_ref().map(|m| m.status());
-    let users = state.store.users().unwrap_or_default();
+    let users = state.store.call(|s| s.users()).await.unwrap_or_default();
     let services = console::services(&state.settings.supervisor_socket).await;
     Json(serde_json::json!({
         "certificate": {
@@ -737,7 +785,7 @@ async fn owner_status(State(state): Shared, headers: HeaderMap) -> Response {
 }
 
 async fn create_invitation(State(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = owner(&state, &headers) {
+    if let Err(response) = owner(&state, &headers).await {
         return response;
     }
     let request: api::CreateInvitation = match api::parse_body(&body) {
@@ -749,20 +797,20 @@ async fn create_invitation(State(state): Shared, headers: HeaderMap, body: Bytes
     }
     let token = random_hex(32);
     let now = now_s();
-    if state
+    let stored = token.clone();
+    if let Err(error) = state
         .store
-        .create_invitation(
-            &token,
-            &request.name,
-            now,
-            now + auth::INVITATION_LIFETIME_S,
-        )
-        .is_err()
+        .call(move |s| {
+            s.create_invitation(
+                &stored,
+                &request.name,
+                now,
+                now + auth::INVITATION_LIFETIME_S,
+            )
+        })
+        .await
     {
-        return error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the box could not store this",
-        );
+        return storage_failed(&error);
     }
     let origin = state.origins.first().cloned().unwrap_or_default();
     Json(serde_json::json!({"link": format!("{origin}/invite#{token}")})).into_response()
@@ -773,21 +821,22 @@ async fn withdraw_invitation(
     headers: HeaderMap,
     Path(handle): Path<String>,
 ) -> Response {
-    if let Err(response) = owner(&state, &headers) {
+    if let Err(response) = owner(&state, &headers).await {
         return response;
     }
-    match state.store.withdraw_invitation(&handle) {
+    match state
+        .store
+        .call(move |s| s.withdraw_invitation(&handle))
+        .await
+    {
         Ok(true) => Json(serde_json::json!({"ok": true})).into_response(),
         Ok(false) => error_response(StatusCode::NOT_FOUND, "no such invitation"),
-        Err(_) => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the box could not store this",
-        ),
+        Err(error) => storage_failed(&error),
     }
 }
 
 async fn revoke_user(State(state): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = owner(&state, &headers) {
+    if let Err(response) = owner(&state, &headers).await {
         return response;
     }
     let Some(user_id) = hex::decode(&id)
@@ -796,16 +845,13 @@ async fn revoke_user(State(state): Shared, headers: HeaderMap, Path(id): Path<St
     else {
         return error_response(StatusCode::NOT_FOUND, "no such user");
     };
-    match state.store.revoke_user(&user_id) {
+    match state.store.call(move |s| s.revoke_user(&user_id)).await {
         Ok(true) => {
             tracing::info!("the owner revoked a user");
             Json(serde_json::json!({"ok": true})).into_response()
         }
         Ok(false) => error_response(StatusCode::NOT_FOUND, "no such user"),
-        Err(_) => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the box could not store this",
-        ),
+        Err(error) => storage_failed(&error),
     }
 }
 
@@ -814,30 +860,30 @@ async fn revoke_passkey(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Ok(owner_user) = owner(&state, &headers) else {
+    let Ok(owner_user) = owner(&state, &headers).await else {
         return error_response(StatusCode::FORBIDDEN, "owner only");
     };
     let Ok(credential_id) = hex::decode(&id) else {
         return error_response(StatusCode::NOT_FOUND, "no such passkey");
     };
     // The owner keeps at least one passkey, or nobody could ever sign in as owner again.
-    if let Ok(Some(passkey)) = state.store.passkey(&credential_id)
-        && passkey.user_id == owner_user.id
-        && state
-            .store
-            .passkeys_of(&owner_user.id)
-            .map(|p| p.len())
-            .unwrap_or(0)
-            <= 1
-    {
-        return error_response(StatusCode::CONFLICT, "the owner's last passkey stays");
-    }
-    match state.store.revoke_passkey(&credential_id) {
-        Ok(true) => Json(serde_json::json!({"ok": true})).into_response(),
-        Ok(false) => error_response(StatusCode::NOT_FOUND, "no such passkey"),
-        Err(_) => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the box could not store this",
-        ),
+    // The check and the deletion run in one blocking call, as before.
+    let revoked = state
+        .store
+        .call(move |s| {
+            if let Ok(Some(passkey)) = s.passkey(&credential_id)
+                && passkey.user_id == owner_user.id
+                && s.passkeys_of(&owner_user.id).map(|p| p.len()).unwrap_or(0) <= 1
+            {
+                return Ok(None);
+            }
+            s.revoke_passkey(&credential_id).map(Some)
+        })
+        .await;
+    match revoked {
+        Ok(None) => error_response(StatusCode::CONFLICT, "the owner's last passkey stays"),
+        Ok(Some(true)) => Json(serde_json::json!({"ok": true})).into_response(),
+        Ok(Some(false)) => error_response(StatusCode::NOT_FOUND, "no such passkey"),
+        Err(error) => storage_failed(&error),
     }
 }

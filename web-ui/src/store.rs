@@ -5,10 +5,14 @@
 //! so a write that returned `Ok` survives a crash or a SIGKILL. Secrets that the browser
 //! holds (session tokens, invitation links, the setup code) are stored only as SHA-256
 //! hashes. This module must never log a row's secret content.
+//!
+//! The methods block (a commit waits for `fsync`), so async code never calls them on a
+//! runtime worker: it goes through [`Store::call`], which runs them on tokio's blocking
+//! pool.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -32,6 +36,9 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("a stored record is damaged: {0}")]
     Damaged(&'static str),
+    /// The blocking task that ran the database call panicked or was cancelled.
+    #[error("the database call did not finish")]
+    Interrupted,
 }
 
 /// A person with an account on the box.
@@ -222,6 +229,19 @@ impl Store {
         &self.path
     }
 
+    /// Runs `work` (one or more of the blocking methods) on tokio's blocking pool, so
+    /// that an `fsync` never holds up an async worker thread. Needs a tokio runtime.
+    pub async fn call<T, F>(self: &Arc<Self>, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|_| StoreError::Interrupted)?
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a half-written transaction (SQLite rolls
         // back), so a poisoned lock is still safe to use.
@@ -284,16 +304,30 @@ impl Store {
         passkey: &StoredPasskey,
         now_s: i64,
     ) -> Result<bool, StoreError> {
-        let mut connection = self.lock();
-        let transaction = connection.transaction()?;
-        let changed = transaction.execute(
+        self.claim_then_create_account(
             "UPDATE setup_code SET used_at_s = ?1 WHERE id = 1 AND used_at_s IS NULL AND code_hash = ?2",
             params![now_s, secret_hash(code)],
-        )?;
-        if changed != 1 {
+            owner,
+            passkey,
+        )
+    }
+
+    /// In one transaction: `claim` (an UPDATE that marks a one-time secret used) must change
+    /// exactly one row, then `user` is created with its first `passkey`. Returns false and
+    /// writes nothing if the claim changed no row.
+    fn claim_then_create_account(
+        &self,
+        claim: &str,
+        claim_parameters: &[&dyn rusqlite::ToSql],
+        user: &User,
+        passkey: &StoredPasskey,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        if transaction.execute(claim, claim_parameters)? != 1 {
             return Ok(false);
         }
-        insert_user(&transaction, owner)?;
+        insert_user(&transaction, user)?;
         insert_passkey(&transaction, passkey)?;
         transaction.commit()?;
         Ok(true)
@@ -304,31 +338,14 @@ impl Store {
     /// The account with this user handle, if any.
     pub fn user(&self, id: &[u8; 16]) -> Result<Option<User>, StoreError> {
         let connection = self.lock();
-        let row = connection
+        connection
             .query_row(
                 "SELECT id, name, is_owner, created_at_s, revoked FROM users WHERE id = ?1",
                 params![&id[..]],
-                |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, bool>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, bool>(4)?,
-                    ))
-                },
+                user_from_row,
             )
-            .optional()?;
-        row.map(|(id, name, is_owner, created_at_s, revoked)| {
-            Ok(User {
-                id: user_id_from_blob(id)?,
-                name,
-                is_owner,
-                created_at_s,
-                revoked,
-            })
-        })
-        .transpose()
+            .optional()?
+            .transpose()
     }
 
     /// Every account, oldest first.
@@ -337,26 +354,8 @@ impl Store {
         let mut statement = connection.prepare(
             "SELECT id, name, is_owner, created_at_s, revoked FROM users ORDER BY created_at_s, name",
         )?;
-        let rows = statement.query_map([], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, bool>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, bool>(4)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (id, name, is_owner, created_at_s, revoked) = row?;
-            Ok(User {
-                id: user_id_from_blob(id)?,
-                name,
-                is_owner,
-                created_at_s,
-                revoked,
-            })
-        })
-        .collect()
+        let rows = statement.query_map([], user_from_row)?;
+        rows.map(|row| row?).collect()
     }
 
     /// Adds a passkey to an existing account (for a second device).
@@ -479,19 +478,12 @@ impl Store {
         passkey: &StoredPasskey,
         now_s: i64,
     ) -> Result<bool, StoreError> {
-        let mut connection = self.lock();
-        let transaction = connection.transaction()?;
-        let changed = transaction.execute(
+        self.claim_then_create_account(
             "UPDATE invitations SET used_at_s = ?1 WHERE token_hash = ?2 AND used_at_s IS NULL AND expires_at_s > ?1",
             params![now_s, secret_hash(token)],
-        )?;
-        if changed != 1 {
-            return Ok(false);
-        }
-        insert_user(&transaction, user)?;
-        insert_passkey(&transaction, passkey)?;
-        transaction.commit()?;
-        Ok(true)
+            user,
+            passkey,
+        )
     }
 
     /// Every invitation, newest first.
@@ -739,6 +731,22 @@ fn insert_passkey(connection: &Connection, passkey: &StoredPasskey) -> Result<()
     Ok(())
 }
 
+/// A user from `SELECT id, name, is_owner, created_at_s, revoked`.
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<User, StoreError>> {
+    let id: Vec<u8> = r.get(0)?;
+    let name: String = r.get(1)?;
+    let is_owner: bool = r.get(2)?;
+    let created_at_s: i64 = r.get(3)?;
+    let revoked: bool = r.get(4)?;
+    Ok(user_id_from_blob(id).map(|id| User {
+        id,
+        name,
+        is_owner,
+        created_at_s,
+        revoked,
+    }))
+}
+
 type PasskeyRow = Result<StoredPasskey, StoreError>;
 
 fn passkey_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PasskeyRow> {
@@ -790,6 +798,26 @@ mod tests {
             created_at_s: 100,
             last_used_at_s: 0,
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_run_off_the_runtime_and_a_panic_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let runtime_thread = std::thread::current().id();
+        let (id, thread) = store
+            .call(|s| Ok((s.append_note("written")?, std::thread::current().id())))
+            .await
+            .unwrap();
+        assert_ne!(
+            thread, runtime_thread,
+            "the call ran on the runtime's thread"
+        );
+        assert_eq!(store.notes().unwrap(), vec![(id, "written".to_owned())]);
+        let panicked: Result<(), StoreError> = store.call(|_| panic!("a bug")).await;
+        assert!(matches!(panicked, Err(StoreError::Interrupted)));
+        // The store still works afterwards.
+        assert_eq!(store.call(|s| s.integrity_check()).await.unwrap(), "ok");
     }
 
     #[test]
