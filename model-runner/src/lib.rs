@@ -4,11 +4,13 @@
 //! It must never log prompts or completions: only counts, sizes and timings.
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod engine;
 pub mod gguf;
 pub mod kv;
 mod mmap;
 pub mod model;
+pub mod pool;
 pub mod quant;
 pub mod sampling;
 pub mod server;

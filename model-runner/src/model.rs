@@ -17,9 +17,10 @@ use rayon::prelude::*;
 use crate::gguf::{Gguf, GgufError, TensorInfo, TensorType, Value};
 use crate::kv::{BlockId, KvShape, KvStore};
 use crate::mmap::MappedFile;
+use crate::pool::ComputePool;
 use crate::quant::{
-    Kernel, Q4Matrix, Q8_BLOCK, Q8Matrix, QuantError, Weights, dequantize, matmul_rows,
-    quantize_row,
+    Kernel, Q4Matrix, Q8_BLOCK, Q8Matrix, QuantError, Weights, axpy_f32, dequantize, dot_f32,
+    matmul_rows, quantize_activation_row, quantize_row,
 };
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -112,7 +113,7 @@ pub struct Model {
     layers: Vec<Layer>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
-    threads: rayon::ThreadPool,
+    pool: ComputePool,
 }
 
 /// A model file's parts: the model, its tokenizer and its name.
@@ -127,7 +128,6 @@ pub struct LoadedModel {
 #[derive(Debug, Default)]
 pub struct Scratch {
     x: Vec<f32>,
-    h: Vec<f32>,
     qkv: Vec<f32>,
     attn: Vec<f32>,
     big: Vec<f32>,
@@ -449,11 +449,7 @@ impl Model {
             gguf: &gguf,
             bytes: file.bytes(),
         };
-        let model = pool.install(|| Model::from_tensors(&src, config))?;
-        let model = Model {
-            threads: pool,
-            ..model
-        };
+        let model = pool.install(|| Model::from_tensors(&src, config, threads))?;
         let name = gguf
             .get("general.name")
             .and_then(Value::as_str)
@@ -470,7 +466,11 @@ impl Model {
         })
     }
 
-    fn from_tensors(src: &TensorSource, c: ModelConfig) -> Result<Model, ModelError> {
+    fn from_tensors(
+        src: &TensorSource,
+        c: ModelConfig,
+        threads: usize,
+    ) -> Result<Model, ModelError> {
         let (d, hd) = (c.hidden, c.head_dim);
         let q_rows = c.heads * hd;
         let kv_rows = c.kv_heads * hd;
@@ -532,17 +532,13 @@ impl Model {
             layers,
             rope_cos,
             rope_sin,
-            // Replaced by the caller with the pool it built.
-            threads: rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .map_err(|e| ModelError::Io(std::io::Error::other(e)))?,
+            pool: ComputePool::new(threads).map_err(ModelError::Io)?,
         })
     }
 
     /// Compute threads in use.
     pub fn threads(&self) -> usize {
-        self.threads.current_num_threads()
+        self.pool.threads()
     }
 
     /// Runs `tokens` at `positions` through the model, storing their keys and values
@@ -565,8 +561,7 @@ impl Model {
         if let Some(&p) = positions.iter().find(|&&p| p >= c.context) {
             return Err(ModelError::TooLong(p));
         }
-        self.threads
-            .install(|| self.forward_inner(tokens, positions, kv, logit_rows, s))
+        self.forward_inner(tokens, positions, kv, logit_rows, s)
     }
 
     fn forward_inner(
@@ -595,12 +590,15 @@ impl Model {
         }
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention.
-            rms_norm(&s.x, &layer.attn_norm, c.rms_eps, d, &mut s.h);
+            let x = &s.x;
+            let norm = |t: usize, out: &mut [f32]| {
+                rms_norm_row(&x[t * d..(t + 1) * d], &layer.attn_norm, c.rms_eps, out)
+            };
             self.matmul(
                 &layer.qkv,
-                &s.h,
                 d,
                 n,
+                norm,
                 &mut s.qkv,
                 &mut s.xq,
                 &mut s.transposed,
@@ -629,53 +627,62 @@ impl Model {
             let group = c.heads / c.kv_heads;
             let scale = 1.0 / (hd as f32).sqrt();
             let qkv = &s.qkv;
-            s.attn.par_chunks_mut(hd).enumerate().for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(runs, scores), (i, out)| {
-                    let (t, head) = (i / c.heads, i % c.heads);
-                    let q = &qkv[t * qkv_width + head * hd..t * qkv_width + (head + 1) * hd];
-                    runs.clear();
-                    kv_ref.runs(l, t, head / group, runs);
-                    attend(q, scale, runs, scores, out);
-                },
-            );
+            let kernel = self.kernel;
+            // One chunk per (token, kv head): the query heads sharing those keys and values.
+            self.pool
+                .for_each_chunk_mut(&mut s.attn, group * hd, |i, out| {
+                    let (t, kv_head) = (i / c.kv_heads, i % c.kv_heads);
+                    let mut runs = Vec::new();
+                    let mut scores = Vec::new();
+                    kv_ref.runs(l, t, kv_head, &mut runs);
+                    for (g, out) in out.chunks_exact_mut(hd).enumerate() {
+                        let head = kv_head * group + g;
+                        let q = &qkv[t * qkv_width + head * hd..t * qkv_width + (head + 1) * hd];
+                        attend(kernel, q, scale, &runs, &mut scores, out);
+                    }
+                });
+            let attn = &s.attn;
+            let copy = |t: usize, out: &mut [f32]| {
+                out.copy_from_slice(&attn[t * q_width..(t + 1) * q_width])
+            };
             self.matmul(
                 &layer.wo,
-                &s.attn,
                 q_width,
                 n,
+                copy,
                 &mut s.big,
                 &mut s.xq,
                 &mut s.transposed,
             );
             s.x.iter_mut().zip(&s.big).for_each(|(x, o)| *x += o);
             // Feed-forward.
-            rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, d, &mut s.h);
+            let x = &s.x;
+            let norm = |t: usize, out: &mut [f32]| {
+                rms_norm_row(&x[t * d..(t + 1) * d], &layer.ffn_norm, c.rms_eps, out)
+            };
             self.matmul(
                 &layer.gate_up,
-                &s.h,
                 d,
                 n,
-                &mut s.big,
+                norm,
+                &mut s.act,
                 &mut s.xq,
                 &mut s.transposed,
             );
-            s.act.resize(n * c.ffn, 0.0);
-            for (row, out) in s
-                .big
-                .chunks_exact(2 * c.ffn)
-                .zip(s.act.chunks_exact_mut(c.ffn))
-            {
-                let (g, u) = row.split_at(c.ffn);
+            // SwiGLU, fused into the quantization of the down projection's input.
+            let gate_up = &s.act;
+            let ffn = c.ffn;
+            let swiglu = |t: usize, out: &mut [f32]| {
+                let (g, u) = gate_up[t * 2 * ffn..(t + 1) * 2 * ffn].split_at(ffn);
                 for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
                     *o = g / (1.0 + (-g).exp()) * u;
                 }
-            }
+            };
             self.matmul(
                 &layer.down,
-                &s.act,
-                c.ffn,
+                ffn,
                 n,
+                swiglu,
                 &mut s.big,
                 &mut s.xq,
                 &mut s.transposed,
@@ -687,14 +694,17 @@ impl Model {
         for &r in logit_rows {
             last.extend_from_slice(&s.x[r * d..(r + 1) * d]);
         }
-        rms_norm(&last, &self.output_norm, c.rms_eps, d, &mut s.h);
         let head = self.output.as_ref().unwrap_or(&self.embed);
         let mut logits = Vec::new();
+        let norm = |t: usize, out: &mut [f32]| {
+            rms_norm_row(&last[t * d..(t + 1) * d], &self.output_norm, c.rms_eps, out)
+        };
+        let rows = logit_rows.len();
         self.matmul(
             head,
-            &s.h,
             d,
-            logit_rows.len(),
+            rows,
+            norm,
             &mut logits,
             &mut s.xq,
             &mut s.transposed,
@@ -702,37 +712,47 @@ impl Model {
         Ok(logits)
     }
 
-    /// `out[t][j] = sum_k w[j][k] * x[t][k]`, split across threads by rows of `w`.
+    /// `out[t][j] = sum_k w[j][k] * x[t][k]` where `input(t, row)` fills token `t`'s input
+    /// row `x[t]` (`cols` values: a norm, a copy, SwiGLU) just before it is quantized. Input
+    /// rows are prepared on the pool by token, the products split across it by rows of `w`.
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
         w: &Weights,
-        x: &[f32],
         cols: usize,
         tokens: usize,
+        input: impl Fn(usize, &mut [f32]) + Sync,
         out: &mut Vec<f32>,
         xq: &mut Q8Matrix,
         transposed: &mut Vec<f32>,
     ) {
-        if xq.cols != cols {
-            xq.cols = cols;
+        xq.cols = cols;
+        let mut rows = xq.activation_rows(tokens);
+        let fill = |t: usize, (q, sc, sums): &mut (&mut [i8], &mut [f32], &mut [f32])| {
+            let mut buf = vec![0.0f32; cols];
+            input(t, &mut buf);
+            quantize_activation_row(&buf, q, sc, sums);
+        };
+        if tokens < PARALLEL_INPUT_TOKENS {
+            rows.iter_mut().enumerate().for_each(|(t, r)| fill(t, r));
+        } else {
+            self.pool
+                .for_each_chunk_mut(&mut rows, 1, |t, r| fill(t, &mut r[0]));
         }
-        xq.quantize_from(x, tokens);
+        drop(rows);
         let w_rows = w.rows();
         transposed.resize(w_rows * tokens, 0.0);
         out.resize(w_rows * tokens, 0.0);
         if tokens == 0 {
             return;
         }
-        let threads = self.threads.current_num_threads();
+        let threads = self.pool.threads();
         // Rows per task: a multiple of 4, about 4 tasks per thread for balance.
         let rows_per_task = (w_rows.div_ceil(threads * 4)).div_ceil(4) * 4;
         let kernel = self.kernel;
         let xq = &*xq;
-        transposed
-            .par_chunks_mut(rows_per_task * tokens)
-            .enumerate()
-            .for_each(|(i, chunk)| {
+        self.pool
+            .for_each_chunk_mut(transposed, rows_per_task * tokens, |i, chunk| {
                 let start = i * rows_per_task;
                 let end = (start + rows_per_task).min(w_rows);
                 matmul_rows(kernel, w, xq, start..end, chunk);
@@ -764,20 +784,22 @@ impl Model {
     }
 }
 
-fn rms_norm(x: &[f32], weight: &[f32], eps: f32, d: usize, out: &mut Vec<f32>) {
-    out.resize(x.len(), 0.0);
-    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
-            *o = v * inv * w;
-        }
+/// Below this many tokens a matrix product's input rows are prepared on the calling
+/// thread: handing them out costs more than the work.
+const PARALLEL_INPUT_TOKENS: usize = 4;
+
+fn rms_norm_row(row: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
+        *o = v * inv * w;
     }
 }
 
 /// Scaled dot-product attention of one query head over runs of cached keys and values, in
 /// position order. The paged and contiguous paths both end here, so they agree exactly.
 fn attend(
+    kernel: Kernel,
     q: &[f32],
     scale: f32,
     runs: &[(&[f32], &[f32])],
@@ -788,8 +810,7 @@ fn attend(
     scores.clear();
     for (keys, _) in runs {
         for k in keys.chunks_exact(hd) {
-            let s: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
-            scores.push(s * scale);
+            scores.push(dot_f32(kernel, q, k) * scale);
         }
     }
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -803,8 +824,7 @@ fn attend(
     let mut i = 0;
     for (_, values) in runs {
         for v in values.chunks_exact(hd) {
-            let w = scores[i] * inv;
-            out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+            axpy_f32(kernel, scores[i] * inv, v, out);
             i += 1;
         }
     }

@@ -195,17 +195,30 @@ impl Q8Matrix {
         );
     }
 
-    /// Quantizes every row of `x` (`rows * cols` values, row-major) into this matrix.
+    /// Quantizes every row of `x` (`rows * cols` values, row-major) into this matrix, with
+    /// block sums (as activations).
     pub fn quantize_from(&mut self, x: &[f32], rows: usize) {
+        let cols = self.cols;
+        for (r, (q, s, sums)) in self.activation_rows(rows).into_iter().enumerate() {
+            quantize_activation_row(&x[r * cols..(r + 1) * cols], q, s, sums);
+        }
+    }
+
+    /// Reshapes for `rows` activation rows and hands out each row's (values, scales, block
+    /// sums), to be filled by [`quantize_activation_row`], possibly on several threads.
+    pub fn activation_rows(&mut self, rows: usize) -> Vec<(&mut [i8], &mut [f32], &mut [f32])> {
         self.resize_rows(rows);
-        for r in 0..rows {
-            self.set_row(r, &x[r * self.cols..(r + 1) * self.cols]);
+        let blocks = self.cols / Q8_BLOCK;
+        self.block_sums.resize(rows * blocks, 0.0);
+        if self.cols == 0 {
+            return Vec::new();
         }
-        self.block_sums.clear();
-        for (q, &d) in self.quants.chunks_exact(Q8_BLOCK).zip(&self.scales) {
-            let s: i32 = q.iter().map(|&v| i32::from(v)).sum();
-            self.block_sums.push(s as f32 * d);
-        }
+        self.quants
+            .chunks_exact_mut(self.cols)
+            .zip(self.scales.chunks_exact_mut(blocks))
+            .zip(self.block_sums.chunks_exact_mut(blocks))
+            .map(|((q, s), b)| (q, s, b))
+            .collect()
     }
 
     /// Row `r`'s per-block sums (activations only).
@@ -372,28 +385,61 @@ pub fn quantize_row(x: &[f32], q: &mut [i8], s: &mut [f32]) {
     }
 }
 
+/// Quantizes one activation row `x` into `q` and `s`, and stores each block's sum of
+/// dequantized values in `sums` (the 4-bit kernels' minimum term needs it).
+pub fn quantize_activation_row(x: &[f32], q: &mut [i8], s: &mut [f32], sums: &mut [f32]) {
+    quantize_row(x, q, s);
+    for ((qb, &d), sum) in q.chunks_exact(Q8_BLOCK).zip(s.iter()).zip(sums.iter_mut()) {
+        let t: i32 = qb.iter().map(|&v| i32::from(v)).sum();
+        *sum = t as f32 * d;
+    }
+}
+
 /// The dot-product kernel chosen for this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
     Portable,
+    /// AVX2 + FMA: integer dots with `maddubs` + `madd`.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 + FMA + AVX-VNNI: integer dots with one `vpdpbusd` per block.
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs, detected at run time. `CLOISTER_MATMUL_KERNEL=portable`
-    /// forces the portable one (to compare, or to rule a SIMD kernel out).
+    /// The fastest kernel this CPU runs, detected at run time. `CLOISTER_MATMUL_KERNEL`
+    /// (`portable`, `avx2`) forces a slower one (to compare, or to rule a SIMD kernel out).
     pub fn detect() -> Kernel {
-        if std::env::var("CLOISTER_MATMUL_KERNEL").is_ok_and(|v| v == "portable") {
+        let forced = std::env::var("CLOISTER_MATMUL_KERNEL").unwrap_or_default();
+        if forced == "portable" {
             return Kernel::Portable;
         }
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                if forced != "avx2" && std::is_x86_feature_detected!("avxvnni") {
+                    return Kernel::AvxVnni;
+                }
                 return Kernel::Avx2;
             }
         }
         Kernel::Portable
+    }
+
+    /// Every kernel this CPU can run, the portable one first (for tests and comparisons).
+    pub fn available() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                all.push(Kernel::Avx2);
+                if std::is_x86_feature_detected!("avxvnni") {
+                    all.push(Kernel::AvxVnni);
+                }
+            }
+        }
+        all
     }
 }
 
@@ -413,36 +459,34 @@ pub fn matmul_rows(
             rows,
             out,
             |j| w.row(j),
-            |r, xr, xt| dot4(kernel, r, xr, xt),
-            |r, xs, ss| dot4x2(kernel, r, xs, ss),
-            |r, xr, xt| dot(kernel, r, xr, xt),
+            |r, xs, _| q8_tile(kernel, r, xs),
         ),
         Weights::Q4(w) => matmul_rows_with(
             x,
             rows,
             out,
             |j| w.row(j),
-            |r, xr, xt| dot4_q4(kernel, r, xr, xt),
-            |r, xs, ss| dot4x2_q4(kernel, r, xs, ss),
-            |r, xr, xt| dot_q4(kernel, r, xr, xt),
+            |r, xs, ss| q4_tile(kernel, r, xs, ss),
         ),
     }
 }
 
 type XRow<'a> = (&'a [i8], &'a [f32]);
 
+/// Results of a tile of four weight rows by `T` tokens: `[token][row]`.
+type Tile<const T: usize> = [[f32; 4]; T];
+
 /// The loop shared by every layout: four weight rows at a time, so each activation block is
-/// loaded once for four dots, and two tokens at a time, so each unpacked weight block serves
-/// two activations; the remainders one at a time. Every path gives each (row, token) the
-/// same operations in the same order, so results are equal bit for bit.
+/// loaded once for four dots, and two tokens at a time, so each (unpacked) weight block
+/// serves two activations. A lone token goes through the same kernel with `T = 1`, a lone
+/// row as four copies of itself: every (row, token) gets the same operations in the same
+/// order whatever the tile, so results are equal bit for bit whatever the batch.
 fn matmul_rows_with<R: Copy>(
     x: &Q8Matrix,
     rows: std::ops::Range<usize>,
     out: &mut [f32],
     row: impl Fn(usize) -> R,
-    four: impl Fn([R; 4], XRow, &[f32]) -> [f32; 4],
-    four_by_two: impl Fn([R; 4], [XRow; 2], [&[f32]; 2]) -> [[f32; 4]; 2],
-    one: impl Fn(R, XRow, &[f32]) -> f32,
+    tile: impl Fn([R; 4], &[XRow], &[&[f32]]) -> Tile<2>,
 ) {
     let tokens = x.rows;
     let empty: &[f32] = &[];
@@ -454,101 +498,91 @@ fn matmul_rows_with<R: Copy>(
         }
     };
     let mut j = rows.start;
-    while j + 4 <= rows.end {
+    while j < rows.end {
         let base = (j - rows.start) * tokens;
-        let w = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+        let n = (rows.end - j).min(4);
+        let w = [0, 1, 2, 3].map(|k| row(j + k.min(n - 1)));
         let mut t = 0;
         while t + 2 <= tokens {
-            let d = four_by_two(w, [x.row(t), x.row(t + 1)], [sums(t), sums(t + 1)]);
+            let d = tile(w, &[x.row(t), x.row(t + 1)], &[sums(t), sums(t + 1)]);
             for (u, du) in d.into_iter().enumerate() {
-                for (k, v) in du.into_iter().enumerate() {
+                for (k, v) in du.into_iter().take(n).enumerate() {
                     out[base + k * tokens + t + u] = v;
                 }
             }
             t += 2;
         }
         if t < tokens {
-            let d = four(w, x.row(t), sums(t));
-            for (k, v) in d.into_iter().enumerate() {
+            let d = tile(w, &[x.row(t)], &[sums(t)])[0];
+            for (k, v) in d.into_iter().take(n).enumerate() {
                 out[base + k * tokens + t] = v;
             }
         }
-        j += 4;
+        j += n;
     }
-    while j < rows.end {
-        let base = (j - rows.start) * tokens;
-        for t in 0..tokens {
-            out[base + t] = one(row(j), x.row(t), sums(t));
+}
+
+/// Four 8-bit weight rows by one or two tokens (`xs.len()`); unused results are zero.
+fn q8_tile(kernel: Kernel, w: [XRow; 4], xs: &[XRow]) -> Tile<2> {
+    let mut out = [[0.0; 4]; 2];
+    match (kernel, xs) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
+        (Kernel::Avx2, &[a]) => out[0] = unsafe { avx2::q8_tile::<1>(w, [a]) }[0],
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Kernel::Avx2, &[a, b]) => out = unsafe { avx2::q8_tile::<2>(w, [a, b]) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Kernel::AvxVnni is only constructed after detecting AVX2, FMA and AVX-VNNI.
+        (Kernel::AvxVnni, &[a]) => out[0] = unsafe { vnni::q8_tile::<1>(w, [a]) }[0],
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Kernel::AvxVnni, &[a, b]) => out = unsafe { vnni::q8_tile::<2>(w, [a, b]) },
+        _ => {
+            for (u, &x) in xs.iter().enumerate() {
+                out[u] = w.map(|r| dot_q8_portable(r, x));
+            }
         }
-        j += 1;
     }
+    out
 }
 
-/// One dot product of two quantized rows.
-pub fn dot(kernel: Kernel, a: (&[i8], &[f32]), b: (&[i8], &[f32]), _sums: &[f32]) -> f32 {
-    match kernel {
-        Kernel::Portable => dot_portable(a, b),
+/// Four 4-bit weight rows by one or two tokens (`xs.len()`); unused results are zero.
+fn q4_tile(kernel: Kernel, w: [Q4Row; 4], xs: &[XRow], sums: &[&[f32]]) -> Tile<2> {
+    let mut out = [[0.0; 4]; 2];
+    match (kernel, xs, sums) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
-        Kernel::Avx2 => unsafe { avx2::dot(a, b) },
-    }
-}
-
-fn dot4(kernel: Kernel, a: [(&[i8], &[f32]); 4], b: (&[i8], &[f32]), _sums: &[f32]) -> [f32; 4] {
-    match kernel {
-        Kernel::Portable => a.map(|r| dot_portable(r, b)),
+        (Kernel::Avx2, &[a], &[s]) => out[0] = unsafe { avx2::q4_tile::<1>(w, [a], [s]) }[0],
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
-        Kernel::Avx2 => unsafe { avx2::dot4(a, b) },
-    }
-}
-
-fn dot_q4(kernel: Kernel, a: Q4Row, b: (&[i8], &[f32]), sums: &[f32]) -> f32 {
-    match kernel {
-        Kernel::Portable => dot_q4_portable(a, b, sums),
+        // SAFETY: as above.
+        (Kernel::Avx2, &[a, b], &[s, t]) => out = unsafe { avx2::q4_tile::<2>(w, [a, b], [s, t]) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
-        Kernel::Avx2 => unsafe { avx2::dot4_q4([a, a, a, a], b, sums)[0] },
-    }
-}
-
-fn dot4_q4(kernel: Kernel, a: [Q4Row; 4], b: (&[i8], &[f32]), sums: &[f32]) -> [f32; 4] {
-    match kernel {
-        Kernel::Portable => a.map(|r| dot_q4_portable(r, b, sums)),
+        // SAFETY: Kernel::AvxVnni is only constructed after detecting AVX2, FMA and AVX-VNNI.
+        (Kernel::AvxVnni, &[a], &[s]) => out[0] = unsafe { vnni::q4_tile::<1>(w, [a], [s]) }[0],
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
-        Kernel::Avx2 => unsafe { avx2::dot4_q4(a, b, sums) },
+        // SAFETY: as above.
+        (Kernel::AvxVnni, &[a, b], &[s, t]) => {
+            out = unsafe { vnni::q4_tile::<2>(w, [a, b], [s, t]) }
+        }
+        _ => {
+            for (u, (&x, &s)) in xs.iter().zip(sums).enumerate() {
+                out[u] = w.map(|r| dot_q4_portable(r, x, s));
+            }
+        }
     }
+    out
 }
 
-fn dot4x2(kernel: Kernel, a: [XRow; 4], b: [XRow; 2], sums: [&[f32]; 2]) -> [[f32; 4]; 2] {
-    match kernel {
-        Kernel::Portable => [
-            dot4(kernel, a, b[0], sums[0]),
-            dot4(kernel, a, b[1], sums[1]),
-        ],
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
-        Kernel::Avx2 => unsafe { avx2::dot4x2(a, b) },
-    }
+/// One dot product of two 8-bit rows (the same result as inside a tile).
+pub fn dot(kernel: Kernel, a: XRow, b: XRow) -> f32 {
+    q8_tile(kernel, [a; 4], &[b])[0][0]
 }
 
-fn dot4x2_q4(kernel: Kernel, a: [Q4Row; 4], b: [XRow; 2], sums: [&[f32]; 2]) -> [[f32; 4]; 2] {
-    match kernel {
-        Kernel::Portable => [
-            dot4_q4(kernel, a, b[0], sums[0]),
-            dot4_q4(kernel, a, b[1], sums[1]),
-        ],
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Kernel::Avx2 is only constructed after detecting AVX2 and FMA.
-        Kernel::Avx2 => unsafe { avx2::dot4x2_q4(a, b, sums) },
-    }
-}
-
-/// sum over blocks of (scale_w * scale_x * sum(q_w * q_x) + min_w * sum(x)).
-fn dot_q4_portable(a: Q4Row, b: (&[i8], &[f32]), sums: &[f32]) -> f32 {
+/// sum over blocks of (scale_w * scale_x * sum(q_w * q_x)) + sum over blocks of
+/// (min_w * sum(x)).
+fn dot_q4_portable(a: Q4Row, b: XRow, sums: &[f32]) -> f32 {
     let mut acc = 0.0f32;
-    let mut min_acc = 0.0f32;
     for (i, nib) in a.nibbles.chunks_exact(16).enumerate() {
         let x = &b.0[i * Q8_BLOCK..(i + 1) * Q8_BLOCK];
         let mut s = 0i32;
@@ -557,12 +591,11 @@ fn dot_q4_portable(a: Q4Row, b: (&[i8], &[f32]), sums: &[f32]) -> f32 {
                 + i32::from(byte >> 4) * i32::from(x[k + 16]);
         }
         acc += s as f32 * (a.scales[i] * b.1[i]);
-        min_acc += a.mins[i] * sums[i];
     }
-    acc + min_acc
+    acc + dot_f32_portable(a.mins, sums)
 }
 
-fn dot_portable(a: (&[i8], &[f32]), b: (&[i8], &[f32])) -> f32 {
+fn dot_q8_portable(a: XRow, b: XRow) -> f32 {
     let mut acc = 0.0f32;
     for ((qa, qb), (&sa, &sb)) in
         a.0.chunks_exact(Q8_BLOCK)
@@ -579,190 +612,226 @@ fn dot_portable(a: (&[i8], &[f32]), b: (&[i8], &[f32])) -> f32 {
     acc
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    //! AVX2 + FMA kernels. Every function here requires both features; callers check.
-    use std::arch::x86_64::*;
+fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
 
-    use super::Q8_BLOCK;
-
-    /// Integer dot of one 32-byte block pair, as 8 lanes of i32 converted to f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn block(a: *const i8, b: *const i8) -> __m256 {
-        // SAFETY: the caller passes pointers to 32 readable bytes each.
-        let (va, vb) = unsafe {
-            (
-                _mm256_loadu_si256(a as *const __m256i),
-                _mm256_loadu_si256(b as *const __m256i),
-            )
-        };
-        // maddubs wants unsigned x signed: move a's sign onto b. Values lie in [-127, 127],
-        // so the pairwise i16 sums (at most 2 * 127 * 127) never saturate.
-        let abs_a = _mm256_sign_epi8(va, va);
-        let signed_b = _mm256_sign_epi8(vb, va);
-        let pairs = _mm256_maddubs_epi16(abs_a, signed_b);
-        let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-        _mm256_cvtepi32_ps(quads)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot(a: (&[i8], &[f32]), b: (&[i8], &[f32])) -> f32 {
-        let blocks = a.1.len().min(b.1.len());
-        let mut acc = _mm256_setzero_ps();
-        for i in 0..blocks {
-            // SAFETY: both rows hold `blocks * 32` bytes.
-            let p = unsafe {
-                block(
-                    a.0.as_ptr().add(i * Q8_BLOCK),
-                    b.0.as_ptr().add(i * Q8_BLOCK),
-                )
-            };
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(a.1[i] * b.1[i]), p, acc);
-        }
-        // SAFETY: AVX2 is enabled in this function.
-        unsafe { hsum(acc) }
-    }
-
-    /// Four 4-bit rows against one 8-bit activation row. Weights are unsigned nibbles, so
-    /// maddubs takes them directly; the minimum is added through the activation block sums.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::needless_range_loop)] // i indexes four parallel arrays
-    pub(super) unsafe fn dot4_q4(
-        a: [super::Q4Row; 4],
-        b: (&[i8], &[f32]),
-        sums: &[f32],
-    ) -> [f32; 4] {
-        let blocks = b.1.len();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut min_acc = [0.0f32; 4];
-        let low = _mm_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        for i in 0..blocks {
-            // SAFETY: the activation row holds `blocks * 32` bytes.
-            let x = unsafe { _mm256_loadu_si256(b.0.as_ptr().add(i * Q8_BLOCK) as *const __m256i) };
-            for k in 0..4 {
-                // SAFETY: every 4-bit row holds `blocks * 16` bytes.
-                let packed =
-                    unsafe { _mm_loadu_si128(a[k].nibbles.as_ptr().add(i * 16) as *const __m128i) };
-                let lo = _mm_and_si128(packed, low);
-                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-                let w = _mm256_set_m128i(hi, lo);
-                let pairs = _mm256_maddubs_epi16(w, x);
-                let quads = _mm256_madd_epi16(pairs, ones);
-                let p = _mm256_cvtepi32_ps(quads);
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(a[k].scales[i] * b.1[i]), p, acc[k]);
-                min_acc[k] += a[k].mins[i] * sums[i];
-            }
-        }
-        let mut out = [0.0f32; 4];
-        for k in 0..4 {
-            // SAFETY: AVX2 is enabled in this function.
-            out[k] = unsafe { hsum(acc[k]) } + min_acc[k];
-        }
-        out
-    }
-
-    /// Four 8-bit rows against two activation rows, each weight block loaded once for both.
-    /// Per (row, token) the operations are those of `dot4`, in the same order.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::needless_range_loop)] // k and u index parallel arrays
-    pub(super) unsafe fn dot4x2(a: [(&[i8], &[f32]); 4], b: [(&[i8], &[f32]); 2]) -> [[f32; 4]; 2] {
-        let blocks = b[0].1.len();
-        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-        for i in 0..blocks {
-            for k in 0..4 {
-                let pa = a[k].0[i * Q8_BLOCK..].as_ptr();
-                for u in 0..2 {
-                    // SAFETY: every row holds `blocks * 32` bytes.
-                    let p = unsafe { block(pa, b[u].0.as_ptr().add(i * Q8_BLOCK)) };
-                    acc[u][k] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(a[k].1[i] * b[u].1[i]), p, acc[u][k]);
-                }
-            }
-        }
-        // SAFETY: AVX2 is enabled in this function.
-        acc.map(|row| row.map(|v| unsafe { hsum(v) }))
-    }
-
-    /// Four 4-bit rows against two activation rows: each weight block is unpacked once for
-    /// both. Per (row, token) the operations are those of `dot4_q4`, in the same order.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::needless_range_loop)] // k and u index parallel arrays
-    pub(super) unsafe fn dot4x2_q4(
-        a: [super::Q4Row; 4],
-        b: [(&[i8], &[f32]); 2],
-        sums: [&[f32]; 2],
-    ) -> [[f32; 4]; 2] {
-        let blocks = b[0].1.len();
-        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-        let mut min_acc = [[0.0f32; 4]; 2];
-        let low = _mm_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        for i in 0..blocks {
-            // SAFETY: both activation rows hold `blocks * 32` bytes.
-            let x = unsafe {
-                [
-                    _mm256_loadu_si256(b[0].0.as_ptr().add(i * Q8_BLOCK) as *const __m256i),
-                    _mm256_loadu_si256(b[1].0.as_ptr().add(i * Q8_BLOCK) as *const __m256i),
-                ]
-            };
-            for k in 0..4 {
-                // SAFETY: every 4-bit row holds `blocks * 16` bytes.
-                let packed =
-                    unsafe { _mm_loadu_si128(a[k].nibbles.as_ptr().add(i * 16) as *const __m128i) };
-                let lo = _mm_and_si128(packed, low);
-                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-                let w = _mm256_set_m128i(hi, lo);
-                for u in 0..2 {
-                    let pairs = _mm256_maddubs_epi16(w, x[u]);
-                    let quads = _mm256_madd_epi16(pairs, ones);
-                    let p = _mm256_cvtepi32_ps(quads);
-                    acc[u][k] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(a[k].scales[i] * b[u].1[i]), p, acc[u][k]);
-                    min_acc[u][k] += a[k].mins[i] * sums[u][i];
-                }
-            }
-        }
-        let mut out = [[0.0f32; 4]; 2];
-        for u in 0..2 {
-            for k in 0..4 {
-                // SAFETY: AVX2 is enabled in this function.
-                out[u][k] = unsafe { hsum(acc[u][k]) } + min_acc[u][k];
-            }
-        }
-        out
-    }
-
-    /// Four dots sharing one right-hand row; each equals `dot(a[k], b)` exactly, since
-    /// every lane sees the same operations in the same order.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot4(a: [(&[i8], &[f32]); 4], b: (&[i8], &[f32])) -> [f32; 4] {
-        let blocks = b.1.len();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for i in 0..blocks {
-            let pb = b.0[i * Q8_BLOCK..].as_ptr();
-            for k in 0..4 {
-                // SAFETY: every row holds `blocks * 32` bytes.
-                let p = unsafe { block(a[k].0.as_ptr().add(i * Q8_BLOCK), pb) };
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(a[k].1[i] * b.1[i]), p, acc[k]);
-            }
-        }
-        // SAFETY: AVX2 is enabled in this function.
-        acc.map(|v| unsafe { hsum(v) })
+/// `sum(a[i] * b[i])` in f32 (attention scores).
+pub fn dot_f32(kernel: Kernel, a: &[f32], b: &[f32]) -> f32 {
+    match kernel {
+        Kernel::Portable => dot_f32_portable(a, b),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: both SIMD kernels are only constructed after detecting AVX2 and FMA.
+        Kernel::Avx2 | Kernel::AvxVnni => unsafe { avx2::dot_f32(a, b) },
     }
 }
+
+/// `y += alpha * x` in f32 (attention's weighted values).
+pub fn axpy_f32(kernel: Kernel, alpha: f32, x: &[f32], y: &mut [f32]) {
+    match kernel {
+        Kernel::Portable => y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: both SIMD kernels are only constructed after detecting AVX2 and FMA.
+        Kernel::Avx2 | Kernel::AvxVnni => unsafe { avx2::axpy_f32(alpha, x, y) },
+    }
+}
+
+/// The x86 kernels, written once and compiled for two feature sets: `$idot` is the integer
+/// dot of 32 unsigned by 32 signed bytes into eight i32 lanes.
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_kernels {
+    ($module:ident, $features:literal, |$u:ident, $s:ident| $idot:expr) => {
+        #[allow(dead_code)] // each copy uses only some of the helpers
+        mod $module {
+            //! Every function here requires the module's CPU features; callers check.
+            use std::arch::x86_64::*;
+
+            use super::{Q4Row, Q8_BLOCK, Tile, XRow};
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn idot($u: __m256i, $s: __m256i) -> __m256i {
+                $idot
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            pub(super) fn hsum(v: __m256) -> f32 {
+                let lo = _mm256_castps256_ps128(v);
+                let hi = _mm256_extractf128_ps(v, 1);
+                let s = _mm_add_ps(lo, hi);
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                _mm_cvtss_f32(s)
+            }
+
+            /// 32 bytes at `p`.
+            ///
+            /// # Safety
+            /// `p` points at 32 readable bytes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn load32(p: *const i8) -> __m256i {
+                // SAFETY: per this function's contract.
+                unsafe { _mm256_loadu_si256(p as *const __m256i) }
+            }
+
+            /// The 32 unsigned nibbles of a 4-bit block (elements 0..16 from the low
+            /// nibbles, 16..32 from the high ones), one per byte.
+            ///
+            /// # Safety
+            /// `p` points at 16 readable bytes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
+                // SAFETY: per this function's contract.
+                let packed = unsafe { _mm_loadu_si128(p as *const __m128i) };
+                let low = _mm_set1_epi8(0x0f);
+                let lo = _mm_and_si128(packed, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+                _mm256_set_m128i(hi, lo)
+            }
+
+            /// `sum(a[i] * b[i])` over f32, eight lanes then a scalar tail.
+            #[target_feature(enable = $features)]
+            pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+                let n = a.len().min(b.len());
+                let mut acc = _mm256_setzero_ps();
+                let mut i = 0;
+                while i + 8 <= n {
+                    // SAFETY: i + 8 <= n, the length of both slices.
+                    let (x, y) = unsafe {
+                        (
+                            _mm256_loadu_ps(a.as_ptr().add(i)),
+                            _mm256_loadu_ps(b.as_ptr().add(i)),
+                        )
+                    };
+                    acc = _mm256_fmadd_ps(x, y, acc);
+                    i += 8;
+                }
+                let mut s = hsum(acc);
+                while i < n {
+                    s += a[i] * b[i];
+                    i += 1;
+                }
+                s
+            }
+
+            /// `y += alpha * x`.
+            #[target_feature(enable = $features)]
+            pub(super) fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+                let n = x.len().min(y.len());
+                let a = _mm256_set1_ps(alpha);
+                let mut i = 0;
+                while i + 8 <= n {
+                    // SAFETY: i + 8 <= n, the length of both slices.
+                    unsafe {
+                        let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                        let o = _mm256_loadu_ps(y.as_ptr().add(i));
+                        _mm256_storeu_ps(y.as_mut_ptr().add(i), _mm256_fmadd_ps(a, v, o));
+                    }
+                    i += 8;
+                }
+                while i < n {
+                    y[i] += alpha * x[i];
+                    i += 1;
+                }
+            }
+
+            /// Four 8-bit rows by `T` tokens. `maddubs`/`vpdpbusd` take unsigned x signed,
+            /// so the weight's sign moves onto the activation; values lie in [-127, 127], so
+            /// pairwise i16 sums never saturate.
+            ///
+            /// # Safety
+            /// Every row holds as many blocks as the tokens' rows.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::needless_range_loop)] // k and u index parallel arrays
+            pub(super) unsafe fn q8_tile<const T: usize>(w: [XRow; 4], x: [XRow; T]) -> Tile<T> {
+                let blocks = x[0].1.len();
+                let mut acc = [[_mm256_setzero_ps(); 4]; T];
+                for i in 0..blocks {
+                    let mut xv = [_mm256_setzero_si256(); T];
+                    let mut xs = [_mm256_setzero_ps(); T];
+                    for u in 0..T {
+                        // SAFETY: every row holds `blocks * 32` bytes.
+                        xv[u] = unsafe { load32(x[u].0.as_ptr().add(i * Q8_BLOCK)) };
+                        xs[u] = _mm256_set1_ps(x[u].1[i]);
+                    }
+                    for k in 0..4 {
+                        // SAFETY: as above.
+                        let wv = unsafe { load32(w[k].0.as_ptr().add(i * Q8_BLOCK)) };
+                        let ws = _mm256_set1_ps(w[k].1[i]);
+                        let wabs = _mm256_sign_epi8(wv, wv);
+                        for u in 0..T {
+                            let p = _mm256_cvtepi32_ps(idot(wabs, _mm256_sign_epi8(xv[u], wv)));
+                            acc[u][k] = _mm256_fmadd_ps(p, _mm256_mul_ps(ws, xs[u]), acc[u][k]);
+                        }
+                    }
+                }
+                let mut out = [[0.0f32; 4]; T];
+                for u in 0..T {
+                    for k in 0..4 {
+                        out[u][k] = hsum(acc[u][k]);
+                    }
+                }
+                out
+            }
+
+            /// Four 4-bit rows by `T` tokens: each weight block is unpacked once for every
+            /// token; the weights' minimum enters through the activations' block sums.
+            ///
+            /// # Safety
+            /// Every row holds as many blocks as the tokens' rows; `sums` one per block.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::needless_range_loop)] // k and u index parallel arrays
+            pub(super) unsafe fn q4_tile<const T: usize>(
+                w: [Q4Row; 4],
+                x: [XRow; T],
+                sums: [&[f32]; T],
+            ) -> Tile<T> {
+                let blocks = x[0].1.len();
+                let mut acc = [[_mm256_setzero_ps(); 4]; T];
+                for i in 0..blocks {
+                    let mut xv = [_mm256_setzero_si256(); T];
+                    let mut xs = [_mm256_setzero_ps(); T];
+                    for u in 0..T {
+                        // SAFETY: every activation row holds `blocks * 32` bytes.
+                        xv[u] = unsafe { load32(x[u].0.as_ptr().add(i * Q8_BLOCK)) };
+                        xs[u] = _mm256_set1_ps(x[u].1[i]);
+                    }
+                    for k in 0..4 {
+                        // SAFETY: every 4-bit row holds `blocks * 16` bytes.
+                        let wv = unsafe { unpack_nibbles(w[k].nibbles.as_ptr().add(i * 16)) };
+                        let ws = _mm256_set1_ps(w[k].scales[i]);
+                        for u in 0..T {
+                            let p = _mm256_cvtepi32_ps(idot(wv, xv[u]));
+                            acc[u][k] = _mm256_fmadd_ps(p, _mm256_mul_ps(ws, xs[u]), acc[u][k]);
+                        }
+                    }
+                }
+                let mut out = [[0.0f32; 4]; T];
+                for u in 0..T {
+                    for k in 0..4 {
+                        out[u][k] = hsum(acc[u][k]) + dot_f32(w[k].mins, sums[u]);
+                    }
+                }
+                out
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+x86_kernels!(avx2, "avx2,fma", |u, s| _mm256_madd_epi16(
+    _mm256_maddubs_epi16(u, s),
+    _mm256_set1_epi16(1)
+));
+#[cfg(target_arch = "x86_64")]
+x86_kernels!(vnni, "avx2,fma,avxvnni", |u, s| _mm256_dpbusd_avx_epi32(
+    _mm256_setzero_si256(),
+    u,
+    s
+));
 
 #[cfg(test)]
 mod tests {
@@ -818,11 +887,7 @@ mod tests {
         w.quantize_from(&a, 5);
         let mut x = Q8Matrix::with_shape(1, cols).unwrap();
         x.quantize_from(&b, 1);
-        let mut kernels = vec![Kernel::Portable];
-        if Kernel::detect() != Kernel::Portable {
-            kernels.push(Kernel::detect());
-        }
-        for kernel in kernels {
+        for kernel in Kernel::available() {
             let mut out = vec![0.0; 5];
             matmul_rows(kernel, &Weights::Q8(w.clone()), &x, 0..5, &mut out);
             let mut x3 = Q8Matrix::with_shape(3, cols).unwrap();
@@ -848,7 +913,7 @@ mod tests {
                     out[r]
                 );
                 // The 4-row path and the 1-row path agree exactly.
-                assert_eq!(out[r], dot(kernel, w.row(r), x.row(0), &[]));
+                assert_eq!(out[r], dot(kernel, w.row(r), x.row(0)));
             }
         }
     }
@@ -884,11 +949,7 @@ mod tests {
         let mut x3 = Q8Matrix::with_shape(3, cols).unwrap();
         let three: Vec<f32> = [pseudo_random(cols, 9), xf.clone(), pseudo_random(cols, 5)].concat();
         x3.quantize_from(&three, 3);
-        let mut kernels = vec![Kernel::Portable];
-        if Kernel::detect() != Kernel::Portable {
-            kernels.push(Kernel::detect());
-        }
-        for kernel in kernels {
+        for kernel in Kernel::available() {
             let mut out = vec![0.0; rows];
             matmul_rows(kernel, &w, &x, 0..rows, &mut out);
             let mut out3 = vec![0.0; rows * 3];
@@ -915,6 +976,99 @@ mod tests {
                     "{kernel:?} row {r}: {} vs {exact}",
                     out[r]
                 );
+            }
+        }
+    }
+    /// Random 4-bit rows straight from GGUF Q4_1 bytes (random scales and minimums too).
+    fn random_q4(rows: usize, cols: usize, seed: u32) -> Q4Matrix {
+        let mut state = seed;
+        let mut next = || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (state >> 8) as u16
+        };
+        let mut m = Q4Matrix::with_shape(rows, cols).unwrap();
+        for r in 0..rows {
+            let mut gguf = Vec::new();
+            for _ in 0..cols / 32 {
+                // Exponent bits kept small: scales in about [2^-8, 2^-4], either sign for m.
+                gguf.extend_from_slice(&(0x1c00 + next() % 0x1000).to_le_bytes());
+                gguf.extend_from_slice(
+                    &((0x1c00 + next() % 0x1000) | (next() & 0x8000)).to_le_bytes(),
+                );
+                for _ in 0..16 {
+                    gguf.push(next() as u8);
+                }
+            }
+            m.set_row_from_gguf(r, TensorType::Q4_1, &gguf).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn simd_kernels_equal_the_portable_one_on_random_blocks() {
+        let kernels = Kernel::available();
+        eprintln!("kernels on this CPU: {kernels:?}");
+        for (case, &(rows, cols, tokens)) in [
+            (9, 576, 5),
+            (4, 1536, 2),
+            (7, 64, 1),
+            (1, 96, 3),
+            (13, 576, 8),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let seed = case as u32 * 17;
+            // Activations with a wide range of magnitudes across blocks.
+            let xf: Vec<f32> = pseudo_random(tokens * cols, seed + 1)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * (1 + (i / 32) % 7) as f32 * 3.0)
+                .collect();
+            let mut x = Q8Matrix::with_shape(tokens, cols).unwrap();
+            x.quantize_from(&xf, tokens);
+            let mut w8 = Q8Matrix::with_shape(rows, cols).unwrap();
+            w8.quantize_from(&pseudo_random(rows * cols, seed + 2), rows);
+            let weights = [
+                Weights::Q8(w8),
+                Weights::Q4(random_q4(rows, cols, seed + 3)),
+            ];
+            for w in &weights {
+                let mut expect = vec![0.0; rows * tokens];
+                matmul_rows(Kernel::Portable, w, &x, 0..rows, &mut expect);
+                for &kernel in &kernels[1..] {
+                    let mut got = vec![f32::NAN; rows * tokens];
+                    matmul_rows(kernel, w, &x, 0..rows, &mut got);
+                    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+                        // Same integers; only the order of the float additions differs.
+                        assert!(
+                            (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                            "{kernel:?} case {case} element {i}: {g} vs portable {e}"
+                        );
+                    }
+                    // A sub-range of rows gives the same values as the whole matrix.
+                    if rows > 5 {
+                        let mut part = vec![0.0; (rows - 5) * tokens];
+                        matmul_rows(kernel, w, &x, 5..rows, &mut part);
+                        assert_eq!(part, got[5 * tokens..], "{kernel:?} case {case}");
+                    }
+                }
+            }
+        }
+        for &kernel in &kernels[1..] {
+            for n in [64, 61, 7] {
+                let a = pseudo_random(n, 11);
+                let b = pseudo_random(n, 12);
+                let d = dot_f32(kernel, &a, &b);
+                let e = dot_f32(Kernel::Portable, &a, &b);
+                assert!((d - e).abs() < 1e-5, "{kernel:?} dot_f32 {n}: {d} vs {e}");
+                let mut y = pseudo_random(n, 13);
+                let mut y0 = y.clone();
+                axpy_f32(kernel, 0.3, &a, &mut y);
+                axpy_f32(Kernel::Portable, 0.3, &a, &mut y0);
+                for (p, q) in y.iter().zip(&y0) {
+                    assert!((p - q).abs() < 1e-6, "{kernel:?} axpy {n}");
+                }
             }
         }
     }
