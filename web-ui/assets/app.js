@@ -5,6 +5,8 @@
 "use strict";
 
 const PRF_STORAGE_KEY = "cloister.prf.first";
+// Which passkey gave it: the chat finds that passkey's wrapped history key by it.
+const PRF_CREDENTIAL_KEY = "cloister.prf.credential";
 
 function b64url(bytes) {
   let text = "";
@@ -42,6 +44,7 @@ function withoutPrf(credential) {
   const results = credential.getClientExtensionResults();
   if (results.prf && results.prf.results && results.prf.results.first) {
     sessionStorage.setItem(PRF_STORAGE_KEY, b64url(results.prf.results.first));
+    sessionStorage.setItem(PRF_CREDENTIAL_KEY, credential.id);
   }
   const json = credential.toJSON();
   if (json.clientExtensionResults) delete json.clientExtensionResults.prf;
@@ -85,6 +88,7 @@ document.addEventListener("DOMContentLoaded", () => {
   on("sign-in", "click", signIn);
   on("sign-out", "click", async () => {
     sessionStorage.removeItem(PRF_STORAGE_KEY);
+    sessionStorage.removeItem(PRF_CREDENTIAL_KEY);
     const finished = await post("/api/signout", {});
     location.assign(finished.next || "/");
   });

@@ -87,6 +87,8 @@ pub struct Settings {
     pub limits: ConnectionLimits,
     /// Session lifetime and rotation.
     pub sessions: SessionPolicy,
+    /// The attested chat: TEE, expected measurements, verifier, model-runner.
+    pub chat: crate::chat::ChatSettings,
 }
 
 impl Settings {
@@ -105,6 +107,7 @@ impl Settings {
             measurements_file: None,
             limits: ConnectionLimits::default(),
             sessions: SessionPolicy::default(),
+            chat: crate::chat::ChatSettings::default(),
         }
     }
 }

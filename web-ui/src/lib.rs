@@ -9,10 +9,14 @@
 
 pub mod acme;
 pub mod api;
+pub mod attestation;
 pub mod auth;
+pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod console;
+pub mod history;
+pub mod model_client;
 pub mod pages;
 pub mod routes;
 pub mod security;
@@ -62,6 +66,9 @@ pub enum StartError {
     /// The domain is not a valid DNS name.
     #[error("the domain is not a valid DNS name")]
     BadDomain,
+    /// The attested chat could not be set up.
+    #[error(transparent)]
+    Chat(#[from] chat::ChatError),
     /// WebAuthn refused the origin.
     #[error("passkeys cannot work with this origin")]
     Origin,
@@ -209,6 +216,7 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
             auth::SIGN_IN_WINDOW_S,
         ),
         assets: Assets::default(),
+        chat: Arc::new(chat::ChatState::new(&settings.chat, &settings.state_dir)?),
     });
 
     let (shutdown, shutdown_receiver) = watch::channel(false);

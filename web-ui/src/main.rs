@@ -10,6 +10,14 @@ use clap::{Parser, ValueEnum};
 use cloister_web_ui::config::{AcmeSettings, ChallengeKind, Settings};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum TeeArgument {
+    /// Intel TDX (production).
+    Tdx,
+    /// The simulated TEE: NOT confidential; only in builds with --features simulated-tee.
+    Simulated,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum Challenge {
     TlsAlpn01,
     Http01,
@@ -76,6 +84,21 @@ struct Arguments {
     /// The image's published measurements.json, shown in the console.
     #[arg(long)]
     measurements_file: Option<PathBuf>,
+    /// Which TEE proves the box: tdx, or simulated (development builds only).
+    #[arg(long, value_enum, default_value = "tdx")]
+    tee: TeeArgument,
+    /// The measurements.json browsers check the box against, served at /measurements.json.
+    #[arg(long)]
+    expected_measurements: Option<PathBuf>,
+    /// The verifier compiled to WebAssembly, served at /assets/verifier.wasm.
+    #[arg(long)]
+    verifier_wasm: Option<PathBuf>,
+    /// model-runner: unix:/run/cloister/model-runner.sock or http://127.0.0.1:PORT.
+    #[arg(long)]
+    model_runner: Option<String>,
+    /// Attestations (quotes) one client address may ask for per minute.
+    #[arg(long, default_value_t = 30)]
+    attestations_per_minute: u32,
 }
 
 fn settings(arguments: Arguments) -> anyhow::Result<Settings> {
@@ -87,7 +110,24 @@ fn settings(arguments: Arguments) -> anyhow::Result<Settings> {
     settings.domain = arguments.domain;
     settings.supervisor_socket = arguments.supervisor_socket;
     settings.model_metrics_url = arguments.model_metrics_url;
-    settings.measurements_file = arguments.measurements_file;
+    settings.measurements_file = arguments
+        .measurements_file
+        .or_else(|| arguments.expected_measurements.clone());
+    settings.chat.tee = match arguments.tee {
+        TeeArgument::Tdx => cloister_web_ui::chat::TeeChoice::Tdx,
+        TeeArgument::Simulated if !cloister_web_ui::chat::SIMULATION_BUILT => anyhow::bail!(
+            "--tee simulated: this web-ui was built without the simulated TEE (production builds never have it); build with --features simulated-tee for development"
+        ),
+        TeeArgument::Simulated => cloister_web_ui::chat::TeeChoice::Simulated,
+    };
+    settings.chat.expected_measurements = arguments.expected_measurements;
+    settings.chat.verifier_wasm = arguments.verifier_wasm;
+    settings.chat.model_runner = arguments
+        .model_runner
+        .map(|text| text.parse())
+        .transpose()
+        .context("--model-runner")?;
+    settings.chat.attestations_per_minute = arguments.attestations_per_minute;
     if let Some(directory) = arguments.acme_directory {
         let mut acme = AcmeSettings::new(directory);
         acme.challenge = match arguments.acme_challenge {
@@ -139,6 +179,9 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot watch SIGINT")?;
         let server = cloister_web_ui::start(settings).await?;
         let facts = server.state.resolver.facts();
+        if server.state.chat.is_simulated() {
+            println!("web-ui: the TEE is SIMULATED: NOT confidential, for development only");
+        }
         println!("web-ui: HTTPS on {}", server.https_address);
         if let Some(address) = server.http_address {
             println!("web-ui: plain HTTP on {address} (redirects and ACME only)");

@@ -42,6 +42,10 @@ pub struct Frame<'a> {
     pub style_integrity: &'a str,
     /// Who is signed in.
     pub user: Option<&'a User>,
+    /// Whether the TEE is simulated: then every page says so, loudly.
+    pub simulated: bool,
+    /// More tags for the head (already escaped): the chat page's modules.
+    pub extra_head: &'a str,
 }
 
 /// Wraps `body` into a complete page.
@@ -54,14 +58,21 @@ pub fn page(frame: &Frame<'_>, body: &str) -> String {
 <meta name=\"csrf-token\" content=\"{csrf}\">\
 <title>{title} · Cloister</title>\
 <link rel=\"stylesheet\" href=\"/assets/style.css\" integrity=\"{style}\">\
-<script src=\"/assets/app.js\" integrity=\"{script}\" defer></script>\
+<script src=\"/assets/app.js\" integrity=\"{script}\" defer></script>{extra_head}\
 </head><body data-page=\"{page}\">",
         csrf = escape(frame.csrf_token),
         title = escape(frame.title),
         style = escape(frame.style_integrity),
         script = escape(frame.script_integrity),
         page = escape(frame.page),
+        extra_head = frame.extra_head,
     );
+    if frame.simulated {
+        html.push_str(
+            "<div class=\"banner simulated\" id=\"simulated-banner\">SIMULATED, not confidential: \
+this box runs a simulated TEE for development. Do not say anything private here.</div>",
+        );
+    }
     if frame.certificate.self_signed {
         let _ = write!(
             html,
@@ -95,7 +106,7 @@ pub fn page(frame: &Frame<'_>, body: &str) -> String {
 pub fn home_signed_in(user: &User) -> String {
     format!(
         "<p id=\"signed-in\">Signed in as <strong>{}</strong>.</p>\
-<p>The attested chat arrives here next.</p>",
+<p><a href=\"/chat\" id=\"open-chat\">Open the chat</a></p>",
         escape(&user.name)
     )
 }

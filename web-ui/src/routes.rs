@@ -50,7 +50,7 @@ pub struct Asset {
 }
 
 impl Asset {
-    fn new(body: &'static [u8], content_type: &'static str) -> Self {
+    pub(crate) fn new(body: &'static [u8], content_type: &'static str) -> Self {
         let digest = Sha384::digest(body);
         Self {
             body,
@@ -107,13 +107,15 @@ pub struct AppState {
     pub sign_in_limiter: RateLimiter,
     /// Static files.
     pub assets: Assets,
+    /// The attested chat (`chat.rs`).
+    pub chat: Arc<crate::chat::ChatState>,
 }
 
 type Shared = State<Arc<AppState>>;
 
 /// The CSRF token of this request (existing cookie or a fresh one).
 #[derive(Debug, Clone)]
-struct CsrfToken(String);
+pub(crate) struct CsrfToken(pub(crate) String);
 
 /// The HTTPS router.
 pub fn https_router(state: Arc<AppState>) -> Router {
@@ -145,6 +147,7 @@ pub fn https_router(state: Arc<AppState>) -> Router {
         )
         .route("/api/owner/users/{id}/revoke", post(revoke_user))
         .route("/api/owner/passkeys/{id}/revoke", post(revoke_passkey))
+        .merge(crate::chat::chat_routes())
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -163,6 +166,10 @@ pub fn https_router(state: Arc<AppState>) -> Router {
             let hsts = !resolver.is_self_signed();
             security::security_headers(hsts, request, next)
         }))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::chat::simulation_header,
+        ))
         .with_state(state)
 }
 
@@ -345,6 +352,8 @@ fn render(
         script_integrity: &state.assets.script.integrity,
         style_integrity: &state.assets.style.integrity,
         user,
+        simulated: state.chat.is_simulated(),
+        extra_head: "",
     };
     Html(pages::page(&frame, body)).into_response()
 }

@@ -90,10 +90,14 @@ pub fn error_response(status: StatusCode, message: &'static str) -> Response {
 pub async fn security_headers(hsts: bool, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
+    // A page may set a stricter or more specific policy itself (the chat page allows
+    // WebAssembly for its verifier); every other answer gets the site's.
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        );
+    }
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -164,7 +168,11 @@ pub fn check_csrf(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !content_type.starts_with("application/json") {
+    // The sealed chat body is not JSON; its type, like JSON, cannot be sent cross-site
+    // without a preflight.
+    if !content_type.starts_with("application/json")
+        && content_type != crate::chat::SEALED_REQUEST_TYPE
+    {
         return Err(CsrfRefusal::ContentType);
     }
     let cookie_token = cookie(headers, CSRF_COOKIE).filter(|v| is_token_shaped(v));

@@ -1,0 +1,368 @@
+//! What a browser or `cloister verify` needs to check the box before it says a word:
+//! `GET /attestation?nonce=HEX` (a fresh quote binding the channel key, the TLS key and the
+//! nonce, with the event log and the collateral), `/measurements.json` (the expected
+//! measurements) and `/assets/verifier.wasm` (the verifier). The owner can upload collateral
+//! for a TD that cannot fetch it (`POST /api/owner/collateral`).
+//!
+//! Quotes are expensive: each client address gets a few per minute, and only a few are made
+//! at once. The served certificate can change (ACME renewal); each quote binds the one being
+//! served at that moment, and the browser attests again when it sees a different one.
+//!
+//! This module must never put anything but public values in an answer: the private channel
+//! key stays in [`crate::chat::ChatState`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
+
+use cloister_protocol::attestation::TeeName;
+use cloister_tee::TeeKind;
+
+use crate::auth::RateLimiter;
+use crate::chat::{ChatSettings, MAX_COLLATERAL_BYTES, serve};
+use crate::clock::now_s;
+use crate::routes::{AppState, Asset, current_user};
+use crate::security::error_response;
+use crate::server::ClientAddress;
+
+/// The cached collateral's file name in the state folder.
+pub const COLLATERAL_FILE_NAME: &str = "tdx-collateral.json";
+/// Longest wait for a free quote slot before answering 503.
+pub const QUOTE_SLOT_WAIT: Duration = Duration::from_secs(5);
+
+/// Rate limits, the collateral cache and the model's name.
+#[derive(Debug)]
+pub struct AttestationState {
+    limiter: RateLimiter,
+    slots: tokio::sync::Semaphore,
+    collateral_file: PathBuf,
+    collateral: RwLock<Option<Vec<u8>>>,
+    model_name: RwLock<Option<String>>,
+}
+
+impl AttestationState {
+    /// Limits from `settings`; the collateral cached in `state_dir`, if any.
+    pub fn new(settings: &ChatSettings, state_dir: &Path) -> Self {
+        let collateral_file = state_dir.join(COLLATERAL_FILE_NAME);
+        let collateral = std::fs::read(&collateral_file).ok();
+        Self {
+            limiter: RateLimiter::new(settings.attestations_per_minute.max(1), 60),
+            slots: tokio::sync::Semaphore::new(settings.concurrent_quotes.max(1)),
+            collateral_file,
+            collateral: RwLock::new(collateral),
+            model_name: RwLock::new(None),
+        }
+    }
+
+    fn cached_collateral(&self) -> Option<Vec<u8>> {
+        self.collateral
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stores uploaded collateral (atomically: a temporary file, then a rename).
+    fn store_collateral(&self, bytes: Vec<u8>) -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let temporary = self.collateral_file.with_extension("json.new");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &self.collateral_file)?;
+        *self.collateral.write().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+        Ok(())
+    }
+}
+
+/// The attestation routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/attestation", get(attestation))
+        .route("/measurements.json", get(measurements))
+        .route("/assets/verifier.wasm", get(verifier_wasm))
+        .route(
+            HPKE_PATH,
+            get(|s: State<Arc<AppState>>| async move { serve(&s.chat.channel_assets.hpke) }),
+        )
+        .route(
+            CHANNEL_PATH,
+            get(|s: State<Arc<AppState>>| async move { serve(&s.chat.channel_assets.channel) }),
+        )
+        .route(
+            VERIFY_PATH,
+            get(|s: State<Arc<AppState>>| async move { serve(&s.chat.channel_assets.verify) }),
+        )
+        .route(
+            "/api/owner/collateral",
+            post(upload_collateral).layer(DefaultBodyLimit::max(MAX_COLLATERAL_BYTES)),
+        )
+}
+
+/// The modules other parts ship for the chat page, compiled in like every asset.
+#[derive(Debug, Clone)]
+pub struct ChannelAssets {
+    /// The vendored `@hpke/core` (`assets/vendor/`).
+    pub hpke: Asset,
+    /// `assets/channel.js`: sealing requests, opening answers.
+    pub channel: Asset,
+    /// `assets/verify.js`: the verifier's browser side.
+    pub verify: Asset,
+}
+
+/// Where [`ChannelAssets`] are served.
+pub const HPKE_PATH: &str = "/assets/vendor/hpke-core-1.9.0.js";
+/// Where `channel.js` is served.
+pub const CHANNEL_PATH: &str = "/assets/channel.js";
+/// Where `verify.js` is served.
+pub const VERIFY_PATH: &str = "/assets/verify.js";
+
+impl Default for ChannelAssets {
+    fn default() -> Self {
+        const JS: &str = "text/javascript; charset=utf-8";
+        Self {
+            hpke: Asset::new(include_bytes!("../assets/vendor/hpke-core-1.9.0.js"), JS),
+            channel: Asset::new(include_bytes!("../assets/channel.js"), JS),
+            verify: Asset::new(include_bytes!("../assets/verify.js"), JS),
+        }
+    }
+}
+
+/// Module scripts other parts ship for the chat page, in load order (dependencies first):
+/// (path, integrity).
+pub fn module_scripts(state: &AppState) -> Vec<(&'static str, String)> {
+    let assets = &state.chat.channel_assets;
+    vec![
+        (HPKE_PATH, assets.hpke.integrity.clone()),
+        (CHANNEL_PATH, assets.channel.integrity.clone()),
+        (VERIFY_PATH, assets.verify.integrity.clone()),
+    ]
+}
+
+/// The nonce of `nonce=HEX` in a query string.
+pub fn parse_nonce(query: Option<&str>) -> Option<Vec<u8>> {
+    let value = query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("nonce="))?;
+    cloister_protocol::attestation::parse_nonce_hex(value).ok()
+}
+
+async fn model_name(state: &AppState) -> String {
+    let attestation = &state.chat.attestation;
+    if let Some(name) = attestation
+        .model_name
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    {
+        return name;
+    }
+    let Some(model) = &state.chat.model else {
+        return String::new();
+    };
+    match model.model_name().await {
+        Some(name) => {
+            *attestation
+                .model_name
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = Some(name.clone());
+            name
+        }
+        None => String::new(),
+    }
+}
+
+async fn attestation(
+    State(state): State<Arc<AppState>>,
+    Extension(client): Extension<ClientAddress>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let Some(nonce) = parse_nonce(query.as_deref()) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "nonce must be 16 to 64 bytes of hex",
+        );
+    };
+    let chat = &state.chat;
+    let tee = match &chat.tee {
+        Ok(tee) => tee.clone(),
+        Err(_) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this box has no TEE to attest with",
+            );
+        }
+    };
+    if !chat.attestation.limiter.allow(client.0.ip(), now_s()) {
+        return error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many attestations; wait a minute",
+        );
+    }
+    let Ok(Ok(_slot)) =
+        tokio::time::timeout(QUOTE_SLOT_WAIT, chat.attestation.slots.acquire()).await
+    else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the box is busy; try again",
+        );
+    };
+    let facts = state.resolver.facts();
+    let Some(spki) = base64::engine::general_purpose::STANDARD
+        .decode(&facts.spki_sha256_base64)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+    else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "no certificate key");
+    };
+    let public_key = *chat.server_key.public_key();
+    let report_data = cloister_protocol::report_data(&public_key, &spki, &nonce);
+    let evidence = tokio::task::spawn_blocking(move || {
+        let quote = tee.quote(&report_data)?;
+        let event_log = tee.event_log()?;
+        let collateral = tee.collateral()?;
+        Ok::<_, cloister_tee::TeeError>((tee.kind(), quote, event_log, collateral))
+    })
+    .await;
+    let (kind, quote, event_log, collateral) = match evidence {
+        Ok(Ok(evidence)) => evidence,
+        Ok(Err(error)) => {
+            tracing::error!(error = %error, "the TEE could not make a quote");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the TEE could not make a quote",
+            );
+        }
+        Err(_) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the TEE could not make a quote",
+            );
+        }
+    };
+    let collateral = collateral
+        .or_else(|| chat.attestation.cached_collateral())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let bundle = cloister_protocol::attestation::Bundle {
+        version: cloister_protocol::attestation::BUNDLE_VERSION,
+        tee: match kind {
+            TeeKind::Tdx => TeeName::Tdx,
+            TeeKind::Simulated => TeeName::Simulated,
+        },
+        quote,
+        event_log,
+        collateral,
+        hpke_public_key: public_key.to_vec(),
+        hpke_key_id: chat.server_key.key_id(),
+        tls_spki_sha256: spki,
+        nonce,
+        model: model_name(&state).await,
+    };
+    ([(header::CACHE_CONTROL, "no-store")], Json(bundle)).into_response()
+}
+
+async fn measurements(State(state): State<Arc<AppState>>) -> Response {
+    match &state.chat.expected_measurements {
+        Some(bytes) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes.clone(),
+        )
+            .into_response(),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "no expected measurements are configured",
+        ),
+    }
+}
+
+async fn verifier_wasm(State(state): State<Arc<AppState>>) -> Response {
+    match &state.chat.verifier_wasm {
+        Some(bytes) => (
+            [
+                (header::CONTENT_TYPE, "application/wasm"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes.clone(),
+        )
+            .into_response(),
+        None => error_response(StatusCode::NOT_FOUND, "the verifier is not installed"),
+    }
+}
+
+async fn upload_collateral(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match current_user(&state, &headers).await {
+        Some(user) if user.is_owner => {}
+        Some(_) => return error_response(StatusCode::FORBIDDEN, "owner only"),
+        None => return error_response(StatusCode::UNAUTHORIZED, "sign in first"),
+    }
+    if serde_json::from_slice::<serde_json::Value>(&body)
+        .map(|v| !v.is_object())
+        .unwrap_or(true)
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the collateral must be a JSON object",
+        );
+    }
+    match state.chat.attestation.store_collateral(body.to_vec()) {
+        Ok(()) => {
+            tracing::info!("the owner uploaded TDX collateral");
+            Json(serde_json::json!({"ok": true})).into_response()
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "cannot store the collateral");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the box could not store this",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_are_hex_of_bounded_length() {
+        let good = "ab".repeat(16);
+        assert_eq!(
+            parse_nonce(Some(&format!("nonce={good}"))),
+            Some(vec![0xab; 16])
+        );
+        assert_eq!(
+            parse_nonce(Some(&format!("x=1&nonce={}", "01".repeat(64)))),
+            Some(vec![1; 64])
+        );
+        assert_eq!(
+            parse_nonce(Some(&format!("nonce={}", "ab".repeat(15)))),
+            None
+        );
+        assert_eq!(
+            parse_nonce(Some(&format!("nonce={}", "ab".repeat(65)))),
+            None
+        );
+        assert_eq!(parse_nonce(Some("nonce=zz")), None);
+        assert_eq!(parse_nonce(None), None);
+    }
+}
