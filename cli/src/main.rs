@@ -11,6 +11,7 @@ mod doctor;
 mod eventlog;
 mod measure;
 mod run;
+mod verify;
 mod verify_quote;
 
 /// Build, boot, measure and verify a Cloister box.
@@ -31,6 +32,8 @@ enum Command {
     Doctor(doctor::Args),
     /// Verify a TDX quote offline against collateral and expected measurements.
     VerifyQuote(verify_quote::Args),
+    /// Check a running box from a fresh connection: attestation, measurements, TLS key.
+    Verify(verify::Args),
     /// Explain a TDX event log (CCEL) and replay it to RTMR values.
     Eventlog(eventlog::Args),
     /// Compute the launch measurements (MRTD, RTMR0..3) of an image: measurements.json.
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::VerifyQuote(args) => verify_quote::run(args),
+        Command::Verify(args) => verify::run(args),
         Command::Eventlog(args) => eventlog::run(args),
         Command::Measure(args) => measure::run(args),
     }
