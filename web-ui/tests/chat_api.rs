@@ -325,12 +325,12 @@ async fn attested_sealed_chat_history_and_no_plaintext_left_behind() {
     // Stop: the browser goes away mid-answer; model-runner's sequence ends soon after.
     let long = serde_json::json!({
         "messages": [{"role": "user", "content": "Count from one to five hundred, in words."}],
-        "max_tokens": 2000,
+        "max_tokens": 600,
     });
     let (answer, mut opener, _) = send_chat(address, &bob_session, &bundle, long).await;
     assert_eq!(answer.status, 200);
     let Answer {
-        body: mut body,
+        mut body,
         _connection: connection,
         ..
     } = answer;

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use cloister_measurements::measurements::{Event, replay};
 use cloister_measurements::{Measurements, sha384};
@@ -62,7 +61,7 @@ pub async fn spawn_model_runner(model: &Path) -> SocketAddr {
     let config = ServiceConfig {
         engine: EngineConfig {
             block_tokens: 16,
-            kv_blocks: KvStore::blocks_for_budget(shape, 16, 64 << 20),
+            kv_blocks: KvStore::blocks_for_budget(shape, 16, 256 << 20),
             max_batch_tokens: 256,
             max_running: 8,
         },
