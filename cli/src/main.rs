@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod build;
 mod doctor;
 mod eventlog;
@@ -38,6 +39,8 @@ enum Command {
     Eventlog(eventlog::Args),
     /// Compute the launch measurements (MRTD, RTMR0..3) of an image: measurements.json.
     Measure(measure::Args),
+    /// Benchmark the model runner against llama.cpp on the same model, in one run.
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Command::Verify(args) => verify::run(args),
         Command::Eventlog(args) => eventlog::run(args),
         Command::Measure(args) => measure::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -1,6 +1,6 @@
 //! Engine benchmark: prompt processing, single-stream and batched generation, KV capacity,
 //! side by side with llama.cpp when its cached build is there (or `LLAMA_CPP_BIN` names its
-//! folder). The same as `cloister bench`, without the rest of the cloister command.
+//! folder; `LLAMA_CPP_BIN=` skips it). The same as `cloister bench`, without the rest of the cloister command.
 //!
 //! `cargo run --release -p cloister-model-runner --example engine_bench -- MODEL.gguf [THREADS] [ROUNDS]`
 use std::path::PathBuf;
@@ -16,9 +16,12 @@ fn main() -> anyhow::Result<()> {
     );
     let threads: usize = args.get(2).map(|t| t.parse()).transpose()?.unwrap_or(2);
     let rounds: usize = args.get(3).map(|t| t.parse()).transpose()?.unwrap_or(1);
-    let llama = std::env::var_os("LLAMA_CPP_BIN")
-        .map(PathBuf::from)
-        .or_else(bench::cached_llama_cpp);
+    // LLAMA_CPP_BIN names llama.cpp's folder; set but empty, it skips llama.cpp.
+    let llama = match std::env::var_os("LLAMA_CPP_BIN") {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => bench::cached_llama_cpp(),
+    };
     let m = Model::load(&path, threads)?;
     println!(
         "model {} | kernel {:?} | threads {}",
