@@ -106,7 +106,7 @@ async fn verify_chat_history_isolation_and_visible_refusals_in_chromium() {
         output.status.success(),
         "chat browser flow failed:\n{stdout}"
     );
-    assert!(!stdout.contains("FAIL"));
+    assert!(!stdout.lines().any(|line| line.starts_with("FAIL")));
 
     // No plaintext: what the browser saw in the clear is nowhere in the server's files.
     web_ui.stop();
