@@ -11,9 +11,9 @@
 //! (the machine is shared) does not hold the others back. Which thread computes a chunk never
 //! changes its result: every chunk's arithmetic is fixed by its index alone.
 //!
-//! This module must never run a job after its caller returned: `run` waits for every worker
-//! to finish the region before it returns, which is what makes lending it borrowed closures
-//! sound.
+//! This module must never run a job after its caller returned: `run` withdraws the job once
+//! its own share is done and waits for the workers that joined the region (not for those
+//! that never got the CPU to join), which is what makes lending it borrowed closures sound.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
@@ -35,8 +35,8 @@ struct Shared {
     /// Chunks in the current region, and the next one to hand out.
     chunks: AtomicUsize,
     next: AtomicUsize,
-    /// Workers still inside the current region.
-    busy: AtomicUsize,
+    /// Workers that joined the current region and have not left it.
+    in_region: AtomicUsize,
     sleepers: AtomicUsize,
     shutdown: AtomicBool,
     lock: Mutex<()>,
@@ -67,7 +67,7 @@ impl ComputePool {
             job: AtomicPtr::new(std::ptr::null_mut()),
             chunks: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
+            in_region: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             lock: Mutex::new(()),
@@ -107,8 +107,8 @@ impl ComputePool {
         let _turn = self.caller.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
         let job: Job = f;
-        // SAFETY: the pointer is published to the workers only until `busy` drops to zero
-        // below, and this function does not return before that, so `job` (and the closure it
+        // SAFETY: the pointer is withdrawn below, and this function then waits until no
+        // worker that could have read it is left in the region, so `job` (and the closure it
         // borrows) outlives every use. The lifetime is erased only to fit the atomic.
         let job_ptr = unsafe {
             std::mem::transmute::<*const Job<'_>, *mut Job<'static>>(&job as *const Job<'_>)
@@ -116,17 +116,18 @@ impl ComputePool {
         s.job.store(job_ptr, Ordering::SeqCst);
         s.chunks.store(chunks, Ordering::SeqCst);
         s.next.store(0, Ordering::SeqCst);
-        s.busy.store(self.workers.len(), Ordering::SeqCst);
         s.generation.fetch_add(1, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
         take_chunks(s, f);
-        while s.busy.load(Ordering::Acquire) != 0 {
+        // Close the region: a worker that has not joined yet (descheduled, on a busy
+        // machine) finds no job and skips it; only those already in are waited for.
+        s.job.store(std::ptr::null_mut(), Ordering::SeqCst);
+        while s.in_region.load(Ordering::SeqCst) != 0 {
             std::hint::spin_loop();
         }
-        s.job.store(std::ptr::null_mut(), Ordering::SeqCst);
     }
 
     /// Splits `data` into pieces of `chunk_len` (the last may be shorter) and runs
@@ -180,7 +181,6 @@ fn worker(s: &Shared) {
             }
             let now = s.generation.load(Ordering::SeqCst);
             if now != seen {
-                // No new region starts before this worker leaves this one.
                 seen = now;
                 break;
             }
@@ -197,14 +197,17 @@ fn worker(s: &Shared) {
             }
             std::hint::spin_loop();
         }
+        // Join first, then look for the job: the caller withdraws the job before it waits
+        // for `in_region` to empty, so a job seen here stays alive until the decrement.
+        s.in_region.fetch_add(1, Ordering::SeqCst);
         let ptr = s.job.load(Ordering::SeqCst);
         if !ptr.is_null() {
-            // SAFETY: the caller keeps the job alive until `busy` reaches zero, which needs
-            // this worker's decrement below.
+            // SAFETY: see above: the caller cannot return while this worker is counted in
+            // `in_region`, and it withdrew the pointer before waiting.
             let f = unsafe { *ptr };
             take_chunks(s, f);
         }
-        s.busy.fetch_sub(1, Ordering::Release);
+        s.in_region.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -561,8 +561,8 @@ fn q4_tile(kernel: Kernel, w: [Q4Row; 4], xs: &[XRow], sums: &[&[f32]]) -> Tile<
         // SAFETY: Kernel::AvxVnni is only constructed after detecting AVX2, FMA and AVX-VNNI.
         (Kernel::AvxVnni, &[a], &[s]) => out[0] = unsafe { vnni::q4_tile::<1>(w, [a], [s]) }[0],
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
         (Kernel::AvxVnni, &[a, b], &[s, t]) => {
+            // SAFETY: as above.
             out = unsafe { vnni::q4_tile::<2>(w, [a, b], [s, t]) }
         }
         _ => {
