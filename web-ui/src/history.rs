@@ -97,6 +97,9 @@ pub struct ConversationHead {
     pub meta: Vec<u8>,
 }
 
+/// A stored conversation: (updated_at_s, meta blob, body blob).
+pub type StoredConversation = (i64, Vec<u8>, Vec<u8>);
+
 /// One wrapped history key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrappedKey {
@@ -239,7 +242,7 @@ impl History {
         &self,
         user_id: &[u8; 16],
         id: &str,
-    ) -> Result<Option<(i64, Vec<u8>, Vec<u8>)>, HistoryError> {
+    ) -> Result<Option<StoredConversation>, HistoryError> {
         if !is_conversation_id(id) {
             return Err(HistoryError::BadId);
         }
