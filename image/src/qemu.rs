@@ -88,27 +88,6 @@ pub struct TdxSettings {
     pub quote_socket: PathBuf,
 }
 
-/// The fw_cfg name under which `cloister run` passes the expected measurements; the guest
-/// reads them from [`MEASUREMENTS_GUEST_PATH`] once the `qemu_fw_cfg` module is loaded.
-pub const MEASUREMENTS_FW_CFG_NAME: &str = "opt/cloister/measurements.json";
-/// Where the guest sees the file named [`MEASUREMENTS_FW_CFG_NAME`].
-pub const MEASUREMENTS_GUEST_PATH: &str =
-    "/sys/firmware/qemu_fw_cfg/by_name/opt/cloister/measurements.json/raw";
-
-/// A host file passed to the guest through QEMU's firmware configuration device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FwCfgFile {
-    /// Its name, `opt/...` (QEMU reserves other names).
-    pub name: String,
-    /// The host file.
-    pub file: PathBuf,
-}
-
-/// Escapes a value for QEMU's `key=value,...` option syntax (a comma is doubled).
-fn qemu_option_value(value: &str) -> String {
-    value.replace(',', ",,")
-}
-
 /// Everything a boot needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunSettings {
@@ -128,8 +107,6 @@ pub struct RunSettings {
     pub cmdline: String,
     /// Present for a TD.
     pub tdx: Option<TdxSettings>,
-    /// Files for the guest's `/sys/firmware/qemu_fw_cfg/by_name/`.
-    pub fw_cfg: Vec<FwCfgFile>,
 }
 
 fn path(p: &Path) -> String {
@@ -188,16 +165,6 @@ pub fn command_line(settings: &RunSettings) -> Vec<String> {
         "-device",
         "virtio-rng-pci,rng=rng0",
     ]);
-    for f in &settings.fw_cfg {
-        push(&[
-            "-fw_cfg",
-            &format!(
-                "name={},file={}",
-                qemu_option_value(&f.name),
-                qemu_option_value(&path(&f.file))
-            ),
-        ]);
-    }
     match &settings.console {
         Console::Terminal => push(&["-serial", "mon:stdio"]),
         Console::File(log) => push(&["-serial", &format!("file:{}", path(log))]),
@@ -404,7 +371,6 @@ mod tests {
             console: Console::File(PathBuf::from("/tmp/serial.log")),
             cmdline: "console=ttyS0 panic=-1".into(),
             tdx: None,
-            fw_cfg: Vec::new(),
         }
     }
 
@@ -433,22 +399,6 @@ mod tests {
             "SeaBIOS, the default, for plain boots"
         );
         assert!(args.iter().any(|a| a == "-no-reboot"));
-    }
-
-    #[test]
-    fn fw_cfg_files_reach_the_guest_with_commas_escaped() {
-        let mut s = settings();
-        assert!(!command_line(&s).iter().any(|a| a == "-fw_cfg"));
-        s.fw_cfg.push(FwCfgFile {
-            name: MEASUREMENTS_FW_CFG_NAME.into(),
-            file: PathBuf::from("/img/a,b/measurements.json"),
-        });
-        let args = command_line(&s);
-        assert_eq!(
-            after(&args, "-fw_cfg"),
-            ["name=opt/cloister/measurements.json,file=/img/a,,b/measurements.json"]
-        );
-        assert!(MEASUREMENTS_GUEST_PATH.contains(MEASUREMENTS_FW_CFG_NAME));
     }
 
     #[test]

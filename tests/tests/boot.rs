@@ -52,11 +52,11 @@ fn build_test_image(out: &Path) -> build::BuildOutput {
     opts.no_model = true;
     opts.target_dir = Some(build::default_cache_dir().join("target-guest"));
     opts.progress = Progress::stderr();
-    opts.extra_binaries.push(GuestBinary::new(
-        "cloister-tests",
-        "cloister-probe",
-        "/usr/bin/cloister-probe",
-    ));
+    opts.extra_binaries.push(GuestBinary {
+        package: "cloister-tests".into(),
+        bin: "cloister-probe".into(),
+        path: "/usr/bin/cloister-probe".into(),
+    });
     opts.extra_services.push((
         "probe.toml".into(),
         format!(
@@ -88,7 +88,6 @@ fn the_image_boots_serves_and_powers_off() {
         console: Console::File(log.clone()),
         cmdline: qemu::read_cmdline(&image).unwrap(),
         tdx: None,
-        fw_cfg: Vec::new(),
     };
     let started = Instant::now();
     let mut vm = Qemu(
