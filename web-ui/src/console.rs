@@ -1,13 +1,17 @@
 //! What the owner's console reads from the rest of the box: services' health and logs
-//! from the supervisor's control socket, and the model's queue and KV use from
-//! model-runner's Prometheus `/metrics`.
+//! from the supervisor's control socket, the model's queue and KV use from model-runner's
+//! Prometheus `/metrics`, and the TD's registers from a quote its TEE makes on the spot,
+//! set against the image's published measurements.
 //!
 //! Both are best effort with short deadlines: a missing part shows as unreachable, it never
 //! blocks or breaks the page. Nothing here can carry chat content: the supervisor's logs
 //! are built to hold none, and metrics are numbers.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use cloister_tee::{Tee, TeeKind};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -202,6 +206,113 @@ pub async fn expected_measurements(path: &Path) -> Option<Vec<(String, String)>>
     Some(parse_measurements(&text))
 }
 
+/// One register of the TD: its value in a quote made now, and what the image's
+/// `measurements.json` says it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterCheck {
+    /// `mrtd`, `rtmr0` .. `rtmr3`.
+    pub register: String,
+    /// Lower-case hex from `measurements.json`, when it names this register.
+    pub expected: Option<String>,
+    /// Lower-case hex from the quote.
+    pub current: String,
+}
+
+impl RegisterCheck {
+    /// Whether the register holds the expected value; `None` when nothing is expected.
+    pub fn matches(&self) -> Option<bool> {
+        self.expected.as_ref().map(|e| *e == self.current)
+    }
+}
+
+/// The box's attestation as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationStatus {
+    /// The TEE's kind, or why the box has none.
+    pub tee: Result<TeeKind, String>,
+    /// The registers of a quote made just now, or why none was made.
+    pub registers: Result<Vec<RegisterCheck>, String>,
+    /// Whether the TD runs with DEBUG set (its memory is then readable by the host).
+    pub debug: Option<bool>,
+}
+
+/// Report data of the console's own quotes: a label, so such a quote can never be taken
+/// for one that binds a channel key.
+pub const SELF_CHECK_REPORT_DATA: [u8; 64] = {
+    let label = b"cloister console self-check, binds no key";
+    let mut data = [0u8; 64];
+    let mut i = 0;
+    while i < label.len() {
+        data[i] = label[i];
+        i += 1;
+    }
+    data
+};
+
+/// Asks `tee` for a quote now (on the blocking pool, within [`PART_TIMEOUT`]) and sets its
+/// registers against `expected` (from [`parse_measurements`]). The quote is only parsed,
+/// not verified: its signature is what a client's verifier checks, against roots it trusts.
+pub async fn attestation_status(
+    tee: Result<Arc<dyn Tee>, String>,
+    expected: Option<&[(String, String)]>,
+) -> AttestationStatus {
+    let tee = match tee {
+        Ok(tee) => tee,
+        Err(reason) => {
+            return AttestationStatus {
+                tee: Err(reason.clone()),
+                registers: Err(reason),
+                debug: None,
+            };
+        }
+    };
+    let kind = tee.kind();
+    let quote = tokio::task::spawn_blocking(move || tee.quote(&SELF_CHECK_REPORT_DATA));
+    let report = match tokio::time::timeout(PART_TIMEOUT, quote).await {
+        Err(_) => Err("the TEE did not answer in time".to_owned()),
+        Ok(Err(_)) => Err("the quote request did not finish".to_owned()),
+        Ok(Ok(Err(error))) => Err(format!("the TEE refused a quote: {error}")),
+        Ok(Ok(Ok(bytes))) => cloister_measurements::Quote::parse(&bytes)
+            .map(|quote| quote.report)
+            .map_err(|error| format!("the TEE's quote does not parse: {error}")),
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(reason) => {
+            return AttestationStatus {
+                tee: Ok(kind),
+                registers: Err(reason),
+                debug: None,
+            };
+        }
+    };
+    let expected_of = |register: &str| {
+        expected?
+            .iter()
+            .find(|(name, _)| name == register)
+            .map(|(_, hex)| hex.clone())
+    };
+    let current = [
+        ("mrtd", &report.mrtd),
+        ("rtmr0", &report.rtmrs[0]),
+        ("rtmr1", &report.rtmrs[1]),
+        ("rtmr2", &report.rtmrs[2]),
+        ("rtmr3", &report.rtmrs[3]),
+    ];
+    AttestationStatus {
+        tee: Ok(kind),
+        registers: Ok(current
+            .iter()
+            .map(|(register, value)| RegisterCheck {
+                register: (*register).to_owned(),
+                expected: expected_of(register),
+                current: hex::encode(value),
+            })
+            .collect()),
+        debug: Some(report.debug()),
+    }
+}
+
 /// Runs every parser of other parts' answers on `data`; for the fuzz target and its corpus
 /// test.
 pub fn parse_everything(data: &[u8]) {
@@ -216,6 +327,64 @@ pub fn parse_everything(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A simulated TD (real v4 quotes, development chain) claiming these registers.
+    fn simulated_td() -> (Arc<dyn Tee>, Vec<(String, String)>) {
+        use cloister_measurements::{Event, Measurements, measurements::replay, sha384};
+        let mut m = Measurements {
+            mrtd: Some(sha384(b"console test firmware")),
+            ..Default::default()
+        };
+        m.events.rtmr1 = vec![Event::new("kernel".to_owned(), &sha384(b"kernel"))];
+        m.rtmr0 = replay(&m.events.rtmr0);
+        m.rtmr1 = replay(&m.events.rtmr1);
+        m.rtmr2 = replay(&m.events.rtmr2);
+        m.rtmr3 = replay(&m.events.rtmr3);
+        let json = m.to_json();
+        let tee = cloister_tee::simulated::SimulatedTee::new(json.as_bytes()).unwrap();
+        (Arc::new(tee), parse_measurements(&json))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_fresh_quote_is_set_against_the_expected_registers() {
+        let (tee, expected) = simulated_td();
+        assert_eq!(expected.len(), 5);
+        let status = attestation_status(Ok(tee.clone()), Some(&expected)).await;
+        assert_eq!(status.tee, Ok(TeeKind::Simulated));
+        assert_eq!(status.debug, Some(false));
+        let registers = status.registers.unwrap();
+        assert_eq!(registers.len(), 5);
+        assert!(
+            registers.iter().all(|r| r.matches() == Some(true)),
+            "{registers:?}"
+        );
+
+        // An image that expects another kernel: RTMR1 differs, the rest still match.
+        let mut other = expected.clone();
+        other[2].1 = "ab".repeat(48);
+        let registers = attestation_status(Ok(tee.clone()), Some(&other))
+            .await
+            .registers
+            .unwrap();
+        let differing: Vec<&str> = registers
+            .iter()
+            .filter(|r| r.matches() == Some(false))
+            .map(|r| r.register.as_str())
+            .collect();
+        assert_eq!(differing, ["rtmr1"]);
+
+        // Without a measurements file nothing is judged, but the values are shown.
+        let registers = attestation_status(Ok(tee), None).await.registers.unwrap();
+        assert!(registers.iter().all(|r| r.matches().is_none()));
+        assert_eq!(registers[0].current, expected[0].1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_box_without_a_tee_says_why() {
+        let status = attestation_status(Err("no /dev/tdx_guest".to_owned()), None).await;
+        assert_eq!(status.tee, Err("no /dev/tdx_guest".to_owned()));
+        assert!(status.registers.is_err());
+    }
 
     #[test]
     fn prometheus_text_is_parsed() {

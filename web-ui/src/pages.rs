@@ -5,9 +5,11 @@
 use std::fmt::Write as _;
 
 use crate::acme::CertificateStatus;
+use crate::console::AttestationStatus;
 use crate::console::{Sample, ServiceHealth};
 use crate::store::{Invitation, StoredPasskey, User};
 use crate::tls::CertificateFacts;
+use cloister_tee::TeeKind;
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(text: &str) -> String {
@@ -205,10 +207,69 @@ pub struct ConsoleView<'a> {
     pub invitations: &'a [Invitation],
     /// The image's expected measurements, or `None` if no file is configured or readable.
     pub measurements: Option<&'a [(String, String)]>,
+    /// The TEE and a quote made for this page, or `None` when no TEE is wired in.
+    pub attestation: Option<&'a AttestationStatus>,
     /// Recent log lines, or `None` if unavailable.
     pub logs: Option<&'a [String]>,
     /// Now, seconds since the Unix epoch.
     pub now_s: i64,
+}
+
+/// The TEE and the registers of a quote made now, set against the expected ones.
+fn attestation_section(html: &mut String, status: Option<&AttestationStatus>) {
+    let Some(status) = status else {
+        html.push_str(
+            "<p class=\"warn\" id=\"attestation-status\">Attestation status: no TEE is connected to the console in this build.</p>",
+        );
+        return;
+    };
+    let tee = match &status.tee {
+        Ok(TeeKind::Tdx) => "Intel TDX".to_owned(),
+        Ok(TeeKind::Simulated) => "SIMULATED, not confidential".to_owned(),
+        Err(reason) => format!("none ({reason})"),
+    };
+    let _ = write!(
+        html,
+        "<dl id=\"attestation-status\"><dt>TEE</dt><dd id=\"tee-kind\">{}</dd>",
+        escape(&tee)
+    );
+    if let Some(debug) = status.debug {
+        let _ = write!(
+            html,
+            "<dt>Debug mode</dt><dd>{}</dd>",
+            if debug {
+                "ON: the host can read this TD's memory"
+            } else {
+                "off"
+            }
+        );
+    }
+    html.push_str("</dl>");
+    match &status.registers {
+        Err(reason) => {
+            let _ = write!(html, "<p class=\"warn\">No quote: {}</p>", escape(reason));
+        }
+        Ok(registers) => {
+            html.push_str(
+                "<p>Registers in a quote made for this page (parsed, not verified: a client's verifier checks its signature):</p>\
+<table id=\"registers\"><tr><th>Register</th><th>Now</th><th>Expected</th></tr>",
+            );
+            for check in registers {
+                let verdict = match check.matches() {
+                    Some(true) => "<td class=\"ok\">matches</td>",
+                    Some(false) => "<td class=\"warn\">DIFFERS</td>",
+                    None => "<td>not published</td>",
+                };
+                let _ = write!(
+                    html,
+                    "<tr class=\"register\"><td>{}</td><td><code>{}</code></td>{verdict}</tr>",
+                    escape(&check.register),
+                    escape(&check.current),
+                );
+            }
+            html.push_str("</table>");
+        }
+    }
 }
 
 /// The owner's console.
@@ -327,9 +388,8 @@ pub fn console(view: &ConsoleView<'_>) -> String {
         }
         _ => html.push_str("<p class=\"warn\">No measurements file is configured.</p>"),
     }
-    html.push_str(
-        "<p class=\"warn\">Attestation status: not available in this build (the quote endpoint is not built yet).</p></section>",
-    );
+    attestation_section(&mut html, view.attestation);
+    html.push_str("</section>");
     html.push_str("<section id=\"users\"><h2>Users</h2><ul>");
     for (user, passkeys) in view.users {
         let id = hex::encode(user.id);
@@ -435,6 +495,7 @@ mod tests {
             users: &users,
             invitations: &[],
             measurements: None,
+            attestation: None,
             logs: Some(&["<b>log</b>".to_owned()]),
             now_s: 0,
         });

@@ -524,8 +524,14 @@ async fn console_page(
     });
     let measurements = match &state.settings.measurements_file {
         Some(path) => console::expected_measurements(path).await,
-        None => None,
+        None => state
+            .chat
+            .expected_measurements
+            .as_deref()
+            .map(|bytes| console::parse_measurements(&String::from_utf8_lossy(bytes))),
     };
+    let attestation =
+        console::attestation_status(state.chat.tee.clone(), measurements.as_deref()).await;
     let logs = match &services {
         Some(services) => console::recent_logs(&socket, services, 50).await,
         None => None,
@@ -556,6 +562,7 @@ async fn console_page(
         users: &users,
         invitations: &invitations,
         measurements: measurements.as_deref(),
+        attestation: Some(&attestation),
         logs: logs.as_deref(),
         now_s: now_s(),
     });

@@ -395,17 +395,12 @@ async fn assert_chain_verifies(pebble: &Pebble, server: &RunningServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_issues_and_a_restart_serves_the_stored_certificate() {
-    let Some(Fixture {
-        pebble,
-        ports,
-        state,
-    }) = fixture(WEEK_S, None)
-    else {
+    let Some(test) = fixture(WEEK_S, None) else {
         return;
     };
-    let acme = pebble.acme_settings(ChallengeKind::TlsAlpn01);
-    let (server, issued) = start_and_issue(state.path(), ports, acme.clone()).await;
-    assert_chain_verifies(&pebble, &server).await;
+    let acme = test.pebble.acme_settings(ChallengeKind::TlsAlpn01);
+    let (server, issued) = start_and_issue(test.state.path(), test.ports, acme.clone()).await;
+    assert_chain_verifies(&test.pebble, &server).await;
     let status = server.state.certificates.as_ref().unwrap().status();
     let caa = status.caa_record.unwrap();
     assert!(caa.starts_with(&format!("{DOMAIN}. IN CAA 0 issue \"")));
@@ -414,7 +409,7 @@ async fn tls_alpn_01_issues_and_a_restart_serves_the_stored_certificate() {
 
     // Restart on the same state: the stored certificate is served from the first handshake
     // and nothing new is issued.
-    let server = start_box(state.path(), ports, acme).await;
+    let server = start_box(test.state.path(), test.ports, acme).await;
     let leaf = common::served_leaf(server.https_address, DOMAIN).await;
     assert_eq!(
         tls::certificate_facts(&leaf).unwrap().fingerprint_sha256,
@@ -437,17 +432,12 @@ async fn tls_alpn_01_issues_and_a_restart_serves_the_stored_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_01_issues() {
-    let Some(Fixture {
-        pebble,
-        ports,
-        state,
-    }) = fixture(WEEK_S, None)
-    else {
+    let Some(test) = fixture(WEEK_S, None) else {
         return;
     };
-    let acme = pebble.acme_settings(ChallengeKind::Http01);
-    let (server, _) = start_and_issue(state.path(), ports, acme).await;
-    assert_chain_verifies(&pebble, &server).await;
+    let acme = test.pebble.acme_settings(ChallengeKind::Http01);
+    let (server, _) = start_and_issue(test.state.path(), test.ports, acme).await;
+    assert_chain_verifies(&test.pebble, &server).await;
     // With a CA's certificate, HSTS is on.
     assert!(
         healthz(&server)
@@ -461,16 +451,11 @@ async fn http_01_issues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_certificate_is_renewed_and_kept_while_the_ca_is_down() {
     // 30 s certificates: due by ARI at once, and by the one-third rule 20 s after issuance.
-    let Some(Fixture {
-        mut pebble,
-        ports,
-        state,
-    }) = fixture(30, None)
-    else {
+    let Some(mut test) = fixture(30, None) else {
         return;
     };
-    let acme = pebble.acme_settings(ChallengeKind::TlsAlpn01);
-    let (server, first) = start_and_issue(state.path(), ports, acme).await;
+    let acme = test.pebble.acme_settings(ChallengeKind::TlsAlpn01);
+    let (server, first) = start_and_issue(test.state.path(), test.ports, acme).await;
     let second = wait_for_issued(
         &server,
         Some(&first.fingerprint_sha256),
@@ -480,7 +465,7 @@ async fn a_short_lived_certificate_is_renewed_and_kept_while_the_ca_is_down() {
     assert!(second.not_after_s >= first.not_after_s);
 
     // The CA goes away: renewal fails, retries back off, the current certificate stays.
-    pebble.stop();
+    test.pebble.stop();
     wait_for_status(&server, "a failed renewal", |s| s.last_error.is_some()).await;
     // ARI kept renewing until the CA went away, so the last good certificate is the
     // stored one, not necessarily `second`.
@@ -511,17 +496,12 @@ async fn a_short_lived_certificate_is_renewed_and_kept_while_the_ca_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_information_earlier_than_the_one_third_rule_renews() {
     use instant_acme::{Account, RevocationReason, RevocationRequest};
-    let Some(Fixture {
-        pebble,
-        ports,
-        state,
-    }) = fixture(WEEK_S, None)
-    else {
+    let Some(test) = fixture(WEEK_S, None) else {
         return;
     };
-    let mut acme = pebble.acme_settings(ChallengeKind::TlsAlpn01);
+    let mut acme = test.pebble.acme_settings(ChallengeKind::TlsAlpn01);
     acme.renewal_info_recheck_max = Duration::from_secs(1);
-    let (server, first) = start_and_issue(state.path(), ports, acme).await;
+    let (server, first) = start_and_issue(test.state.path(), test.ports, acme).await;
     let third_left = first.not_after_s - (first.not_after_s - first.not_before_s) / 3;
 
     // Pebble suggests a window from a day before the two-thirds point; the box picks a time
@@ -547,10 +527,10 @@ async fn renewal_information_earlier_than_the_one_third_rule_renews() {
     let (credentials, _) = server
         .state
         .store
-        .acme_account(&pebble.directory_url)
+        .acme_account(&test.pebble.directory_url)
         .unwrap()
         .unwrap();
-    let account = Account::builder_with_root(&pebble.api_root)
+    let account = Account::builder_with_root(&test.pebble.api_root)
         .unwrap()
         .from_credentials(serde_json::from_str(&credentials).unwrap())
         .await
@@ -587,21 +567,16 @@ async fn external_account_binding_is_sent_when_configured() {
     use base64::Engine as _;
     const KID: &str = "kid-cloister";
     const KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
-    let Some(Fixture {
-        pebble,
-        ports,
-        state,
-    }) = fixture(WEEK_S, Some((KID, KEY)))
-    else {
+    let Some(test) = fixture(WEEK_S, Some((KID, KEY))) else {
         return;
     };
 
     // Without the binding the CA refuses the account, and the box keeps its self-signed
     // certificate.
     let server = start_box(
-        state.path(),
-        ports,
-        pebble.acme_settings(ChallengeKind::TlsAlpn01),
+        test.state.path(),
+        test.ports,
+        test.pebble.acme_settings(ChallengeKind::TlsAlpn01),
     )
     .await;
     let status = wait_for_status(&server, "an account without EAB refused", |s| {
@@ -613,12 +588,12 @@ async fn external_account_binding_is_sent_when_configured() {
     server.stop().await;
 
     // With it, issuance works.
-    let mut acme = pebble.acme_settings(ChallengeKind::TlsAlpn01);
+    let mut acme = test.pebble.acme_settings(ChallengeKind::TlsAlpn01);
     let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(KEY)
         .unwrap();
     acme.external_account = Some((KID.to_owned(), key));
     let state = tempfile::tempdir().unwrap();
-    let (server, _) = start_and_issue(state.path(), ports, acme).await;
+    let (server, _) = start_and_issue(state.path(), test.ports, acme).await;
     server.stop().await;
 }
