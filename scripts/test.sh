@@ -17,4 +17,12 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CLOISTER_CACHE/target}
 # measurement tests read (CLOISTER_KERNEL), and proves the main command's build step works.
 cargo run --release --locked -q -p cloister -- build --no-model --out "$CLOISTER_CACHE/test-image"
 export CLOISTER_KERNEL=$CLOISTER_CACHE/test-image/vmlinuz
+# The browser's attestation verifier (wasm), for the Chromium tests that load it.
+CLOISTER_VERIFIER_WASM=$("$here/verifier-wasm/build.sh")
+export CLOISTER_VERIFIER_WASM
 cargo test --workspace --locked --no-fail-fast
+# The attested chat against the simulated TEE: a feature that no production build has.
+cargo test --locked -p cloister-web-ui --features simulated-tee --test chat_api --test chat_browser
+# `cloister verify` against that web-ui (the binary the previous step built).
+CLOISTER_WEB_UI_BIN=$CARGO_TARGET_DIR/debug/web-ui CLOISTER_REQUIRE_WEB_UI=1 \
+  cargo test --locked -p cloister --test verify_web_ui

@@ -1,5 +1,5 @@
 //! How long the attestation verifier takes natively, per bundle, for the figures in
-//! docs/benchmarks-verifier.md (the browser's figure comes from tests/browser_verify.rs).
+//! docs/benchmarks.md, "The attested chat" (the browser's figure comes from tests/browser_verify.rs).
 //!
 //!   cargo bench -p cloister-verifier-wasm --bench verify
 //!
