@@ -109,9 +109,29 @@ pub fn generate() -> Value {
 
 /// The file text: pretty JSON and a final newline.
 pub fn file_text() -> String {
-    let mut text = serde_json::to_string_pretty(&generate()).unwrap_or_default();
+    let mut text = serde_json::to_string_pretty(&sorted_keys(generate())).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// The same value with every object's keys in sorted order, so the file's bytes do not
+/// depend on whether some other crate in the build turned on serde_json's `preserve_order`
+/// (dcap-qvl does, through measurements).
+fn sorted_keys(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, value)| (key, sorted_keys(value)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted_keys).collect()),
+        other => other,
+    }
 }
 
 fn generate_case(case: &CaseInput) -> (Value, Vec<Vec<u8>>) {
