@@ -20,7 +20,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cloister_web_ui::acme::RenewalReason;
@@ -152,73 +152,79 @@ impl Pebble {
             "-extfile",
             "ext.cnf",
         ]));
-        let api_port = free_port();
-        let management_port = free_port();
-        let dns_port = free_port();
-        let dns_management_port = free_port();
-        let mut config = serde_json::json!({"pebble": {
-            "listenAddress": format!("127.0.0.1:{api_port}"),
-            "managementListenAddress": format!("127.0.0.1:{management_port}"),
-            "certificate": d.join("api.pem"),
-            "privateKey": d.join("api.key"),
-            "httpPort": ports.http,
-            "tlsPort": ports.https,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-            "certificateValidityPeriod": validity_s,
-        }});
-        if let Some((kid, key)) = eab {
-            config["pebble"]["externalAccountBindingRequired"] = true.into();
-            config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ kid: key });
-        }
-        std::fs::write(d.join("pebble.json"), config.to_string()).unwrap();
-        let dns = Command::new("pebble-challtestsrv")
-            .args([
-                "-defaultIPv4",
-                "127.0.0.1",
-                "-defaultIPv6",
-                "",
-                "-dns01",
-                &format!("127.0.0.1:{dns_port}"),
-                "-http01",
-                "",
-                "-https01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-management",
-                &format!("127.0.0.1:{dns_management_port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         let api_root = d.join("ca.pem");
-        let mut this = Self {
-            dir,
-            pebble: None,
-            dns,
-            directory_url: format!("https://localhost:{api_port}/dir"),
-            management: SocketAddr::from(([127, 0, 0, 1], management_port)),
-            api_root,
-        };
-        wait_for_port(SocketAddr::from(([127, 0, 0, 1], dns_management_port)));
-        this.pebble = Some(this.spawn_pebble(dns_port));
-        wait_for_port(SocketAddr::from(([127, 0, 0, 1], api_port)));
-        this
-    }
-
-    fn spawn_pebble(&self, dns_port: u16) -> Child {
-        let log = std::fs::File::create(self.dir.path().join("pebble.log")).unwrap();
-        Command::new("pebble")
-            .arg("-config")
-            .arg(self.dir.path().join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        // A port picked free can be taken before Pebble or the DNS stand-in binds it (by a
+        // test beside this one, or an outgoing connection); either then exits at once, and
+        // the start is tried again on fresh ports.
+        let mut failures = Vec::new();
+        for _ in 0..4 {
+            let api_port = free_port();
+            let management_port = free_port();
+            let dns_port = free_port();
+            let dns_management_port = free_port();
+            let mut config = serde_json::json!({"pebble": {
+                "listenAddress": format!("127.0.0.1:{api_port}"),
+                "managementListenAddress": format!("127.0.0.1:{management_port}"),
+                "certificate": d.join("api.pem"),
+                "privateKey": d.join("api.key"),
+                "httpPort": ports.http,
+                "tlsPort": ports.https,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": validity_s,
+            }});
+            if let Some((kid, key)) = eab {
+                config["pebble"]["externalAccountBindingRequired"] = true.into();
+                config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ kid: key });
+            }
+            std::fs::write(d.join("pebble.json"), config.to_string()).unwrap();
+            let dns_log = d.join("challtestsrv.log");
+            let dns_log_file = std::fs::File::create(&dns_log).unwrap();
+            let mut dns = Command::new("pebble-challtestsrv")
+                .args([
+                    "-defaultIPv4",
+                    "127.0.0.1",
+                    "-defaultIPv6",
+                    "",
+                    "-dns01",
+                    &format!("127.0.0.1:{dns_port}"),
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                    "-management",
+                    &format!("127.0.0.1:{dns_management_port}"),
+                ])
+                .stdout(dns_log_file.try_clone().unwrap())
+                .stderr(dns_log_file)
+                .spawn()
+                .unwrap();
+            let dns_address = SocketAddr::from(([127, 0, 0, 1], dns_management_port));
+            if let Err(why) = wait_for_listener(&mut dns, dns_address, &dns_log) {
+                failures.push(why);
+                continue;
+            }
+            let log = d.join("pebble.log");
+            let mut pebble = spawn_pebble(d, dns_port, &log);
+            let api_address = SocketAddr::from(([127, 0, 0, 1], api_port));
+            if let Err(why) = wait_for_listener(&mut pebble, api_address, &log) {
+                failures.push(why);
+                let _ = dns.kill();
+                let _ = dns.wait();
+                continue;
+            }
+            return Self {
+                dir,
+                pebble: Some(pebble),
+                dns,
+                directory_url: format!("https://localhost:{api_port}/dir"),
+                management: SocketAddr::from(([127, 0, 0, 1], management_port)),
+                api_root,
+            };
+        }
+        panic!("Pebble did not start: {failures:#?}");
     }
 
     /// Stops Pebble (the DNS stand-in stays), so the CA is unreachable.
@@ -263,11 +269,40 @@ impl Drop for Pebble {
     }
 }
 
-fn wait_for_port(address: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(address).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {address}");
-        std::thread::sleep(Duration::from_millis(50));
+fn spawn_pebble(dir: &Path, dns_port: u16, log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new("pebble")
+        .arg("-config")
+        .arg(dir.join("pebble.json"))
+        .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `child` listens on `address`. Says why not, with the end of its `log`, when
+/// it exits first (killed after 60 s without listening).
+fn wait_for_listener(child: &mut Child, address: SocketAddr, log: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if std::net::TcpStream::connect(address).is_ok() {
+            return Ok(());
+        }
+        let why = if let Some(status) = child.try_wait().unwrap() {
+            format!("exited ({status}) before listening on {address}")
+        } else if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            format!("not listening on {address} after 60 s")
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: String = text.lines().rev().take(10).collect::<Vec<_>>().join("\n");
+        return Err(format!("{why}; last log lines, newest first:\n{tail}"));
     }
 }
 
