@@ -169,8 +169,8 @@ pub struct ChatState {
     pub verifier_wasm: Option<Vec<u8>>,
     /// Quotes and collateral.
     pub attestation: attestation::AttestationState,
-    /// Stored history.
-    pub history: History,
+    /// Stored history (reach it through [`History::call`] from async code).
+    pub history: Arc<History>,
     user_salt_key: ring::hmac::Key,
     /// Compiled-in assets.
     pub assets: ChatAssets,
@@ -257,7 +257,7 @@ impl ChatState {
             expected_measurements,
             verifier_wasm,
             attestation: attestation::AttestationState::new(settings, state_dir),
-            history: History::open(state_dir)?,
+            history: Arc::new(History::open(state_dir)?),
             user_salt_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &salt),
             assets: ChatAssets::default(),
             channel_assets: attestation::ChannelAssets::default(),
@@ -449,7 +449,7 @@ async fn chat_page(
     let Some(user) = current_user(&state, &headers).await else {
         return Redirect::to("/").into_response();
     };
-    let policy = state.chat.history.policy().unwrap_or_default();
+    let policy = history_policy(&state).await;
     let simulated = state.chat.is_simulated();
     let certificate = state.resolver.facts();
     let assets = &state.chat.assets;
@@ -608,14 +608,30 @@ fn sealed_answer(body: Body) -> Response {
 
 // ---- history API ----------------------------------------------------------------------
 
+/// The owner's history policy, read off the async workers (the default if it cannot be
+/// read).
+async fn history_policy(state: &AppState) -> HistoryPolicy {
+    state
+        .chat
+        .history
+        .call(|h| h.policy())
+        .await
+        .unwrap_or_default()
+}
+
 async fn history_list(State(state): Shared, headers: HeaderMap) -> Response {
     let user = match user_or_401(&state, &headers).await {
         Ok(user) => user,
         Err(response) => return response,
     };
-    let policy = state.chat.history.policy().unwrap_or_default();
-    match state.chat.history.list(&user.id) {
-        Ok(list) => Json(serde_json::json!({
+    let id = user.id;
+    let listed = state
+        .chat
+        .history
+        .call(move |h| Ok((h.policy().unwrap_or_default(), h.list(&id)?)))
+        .await;
+    match listed {
+        Ok((policy, list)) => Json(serde_json::json!({
             "allowed": policy.allowed,
             "default_ephemeral": policy.default_ephemeral,
             "buckets": crate::history::BUCKET_SIZES_BYTES,
@@ -637,7 +653,13 @@ async fn history_get(
         Ok(user) => user,
         Err(response) => return response,
     };
-    match state.chat.history.get(&user.id, &id) {
+    let (user_id, wanted) = (user.id, id.clone());
+    let found = state
+        .chat
+        .history
+        .call(move |h| h.get(&user_id, &wanted))
+        .await;
+    match found {
         Ok(Some((updated_at_s, meta, body))) => Json(serde_json::json!({
             "id": id, "updated_at_s": updated_at_s, "meta": b64(&meta), "body": b64(&body),
         }))
@@ -665,7 +687,7 @@ async fn history_put(
         Ok(user) => user,
         Err(response) => return response,
     };
-    if !state.chat.history.policy().unwrap_or_default().allowed {
+    if !history_policy(&state).await.allowed {
         return error_response(
             StatusCode::FORBIDDEN,
             "the owner does not allow keeping history on this box",
@@ -679,7 +701,14 @@ async fn history_put(
         (Ok(meta), Ok(blob)) => (meta, blob),
         _ => return body_error(BodyError::Malformed),
     };
-    match state.chat.history.put(&user.id, &id, &meta, &blob, now_s()) {
+    let user_id = user.id;
+    let now = now_s();
+    let stored = state
+        .chat
+        .history
+        .call(move |h| h.put(&user_id, &id, &meta, &blob, now))
+        .await;
+    match stored {
         Ok(()) => Json(serde_json::json!({"ok": true})).into_response(),
         Err(error) => database_error(error),
     }
@@ -694,7 +723,13 @@ async fn history_delete(
         Ok(user) => user,
         Err(response) => return response,
     };
-    match state.chat.history.delete(&user.id, &id) {
+    let user_id = user.id;
+    let deleted = state
+        .chat
+        .history
+        .call(move |h| h.delete(&user_id, &id))
+        .await;
+    match deleted {
         Ok(true) => Json(serde_json::json!({"ok": true})).into_response(),
         Ok(false) => error_response(StatusCode::NOT_FOUND, "no such conversation"),
         Err(error) => database_error(error),
@@ -706,7 +741,13 @@ async fn history_delete_all(State(state): Shared, headers: HeaderMap) -> Respons
         Ok(user) => user,
         Err(response) => return response,
     };
-    match state.chat.history.delete_all(&user.id) {
+    let user_id = user.id;
+    let deleted = state
+        .chat
+        .history
+        .call(move |h| h.delete_all(&user_id))
+        .await;
+    match deleted {
         Ok(deleted) => Json(serde_json::json!({"ok": true, "deleted": deleted})).into_response(),
         Err(error) => database_error(error),
     }
@@ -737,7 +778,13 @@ async fn keys_list(State(state): Shared, headers: HeaderMap) -> Response {
     // Only keys of passkeys the user still has: a revoked passkey's copy is useless and
     // is not handed out.
     let live: Vec<Vec<u8>> = passkeys_of(&state, &user).await;
-    match state.chat.history.wrapped_keys(&user.id) {
+    let user_id = user.id;
+    let keys = state
+        .chat
+        .history
+        .call(move |h| h.wrapped_keys(&user_id))
+        .await;
+    match keys {
         Ok(keys) => Json(serde_json::json!({
             "passkeys": live.iter().map(|id| b64url(id)).collect::<Vec<_>>(),
             "keys": keys.iter().filter(|k| live.contains(&k.credential_id)).map(|k| serde_json::json!({
@@ -785,7 +832,14 @@ async fn keys_put(State(state): Shared, headers: HeaderMap, body: Bytes) -> Resp
         credential_id,
         wrapped,
     };
-    match state.chat.history.put_wrapped_key(&user.id, &key, now_s()) {
+    let user_id = user.id;
+    let now = now_s();
+    let stored = state
+        .chat
+        .history
+        .call(move |h| h.put_wrapped_key(&user_id, &key, now))
+        .await;
+    match stored {
         Ok(()) => Json(serde_json::json!({"ok": true})).into_response(),
         Err(error) => database_error(error),
     }
@@ -813,7 +867,7 @@ async fn owner_chat_settings(State(state): Shared, headers: HeaderMap, body: Byt
         allowed: settings.history_allowed,
         default_ephemeral: settings.default_ephemeral,
     };
-    match state.chat.history.set_policy(policy) {
+    match state.chat.history.call(move |h| h.set_policy(policy)).await {
         Ok(()) => {
             tracing::info!(
                 history_allowed = policy.allowed,

@@ -7,15 +7,19 @@
 //! history"). What this module can check is shape: that every blob is exactly one of the
 //! bucket sizes, so the size of a stored conversation says no more than its bucket.
 //!
-//! The rows live in their own SQLite file beside the accounts database, written with the
-//! same durability (WAL, `synchronous=FULL`). This module must never log a blob, and never
-//! hand one user's rows to another: every query is keyed by the signed-in user's id.
+//! The rows live in their own SQLite file beside the accounts database, opened by the same
+//! [`open_database`] (mode 0600, WAL, `synchronous=FULL`). Its methods block on `fsync`, so
+//! async handlers reach them through [`History::call`], on tokio's blocking pool, as they
+//! reach the accounts database through [`crate::store::Store::call`]. This module must never
+//! log a blob, and never hand one user's rows to another: every query is keyed by the
+//! signed-in user's id.
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::store::{OpenDatabaseError, open_database};
 
 /// The history database's file name inside the state folder.
 pub const HISTORY_FILE_NAME: &str = "chat-history.sqlite3";
@@ -66,6 +70,18 @@ pub enum HistoryError {
     /// The user is at one of the per-user limits.
     #[error("the history is full")]
     Full,
+    /// The blocking task that ran the database call panicked or was cancelled.
+    #[error("the history database call did not finish")]
+    Interrupted,
+}
+
+impl From<OpenDatabaseError> for HistoryError {
+    fn from(error: OpenDatabaseError) -> Self {
+        match error {
+            OpenDatabaseError::File { path, source } => HistoryError::File { path, source },
+            OpenDatabaseError::Sqlite(error) => HistoryError::Sqlite(error),
+        }
+    }
 }
 
 /// The owner's choices for everyone's history.
@@ -154,24 +170,8 @@ impl History {
     /// mode 0600.
     pub fn open(state_dir: &Path) -> Result<Self, HistoryError> {
         let path = state_dir.join(HISTORY_FILE_NAME);
-        let file_error = |source| HistoryError::File {
-            path: path.clone(),
-            source,
-        };
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(file_error)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(file_error)?;
-        let connection = Connection::open(&path)?;
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
         // Deleted rows are overwritten, not left in free pages.
-        connection.pragma_update(None, "secure_delete", "ON")?;
+        let connection = open_database(&path, &[("secure_delete", "ON")])?;
         connection.execute_batch(SCHEMA)?;
         Ok(Self {
             connection: Mutex::new(connection),
@@ -182,6 +182,19 @@ impl History {
     /// Where the database file is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `work` (one or more of the blocking methods) on tokio's blocking pool, so that
+    /// a slow disk never holds up an async worker thread. Needs a tokio runtime.
+    pub async fn call<T, F>(self: &Arc<Self>, work: F) -> Result<T, HistoryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&History) -> Result<T, HistoryError> + Send + 'static,
+    {
+        let history = Arc::clone(self);
+        tokio::task::spawn_blocking(move || work(&history))
+            .await
+            .map_err(|_| HistoryError::Interrupted)?
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -390,6 +403,70 @@ mod tests {
     const ALICE: [u8; 16] = [1; 16];
     const BOB: [u8; 16] = [2; 16];
     const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_run_off_the_runtime_and_a_panic_is_an_error() {
+        let folder = tempfile::tempdir().unwrap();
+        let history = Arc::new(History::open(folder.path()).unwrap());
+        let runtime_thread = std::thread::current().id();
+        let thread = history
+            .call(|h| {
+                h.put(&ALICE, ID, &[3; 256], &[4; 1024], 9)?;
+                Ok(std::thread::current().id())
+            })
+            .await
+            .unwrap();
+        assert_ne!(
+            thread, runtime_thread,
+            "the call ran on the runtime's thread"
+        );
+        assert_eq!(
+            history.get(&ALICE, ID).unwrap(),
+            Some((9, vec![3; 256], vec![4; 1024]))
+        );
+        let panicked: Result<(), HistoryError> = history.call(|_| panic!("a bug")).await;
+        assert!(matches!(panicked, Err(HistoryError::Interrupted)));
+        // The history still works afterwards, and a refusal comes back as itself.
+        let refused = history
+            .call(|h| h.put(&ALICE, "nope", &[0; 256], &[0; 1024], 10))
+            .await;
+        assert!(matches!(refused, Err(HistoryError::BadId)));
+        assert_eq!(history.call(|h| h.list(&ALICE)).await.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_database_file_is_private_and_durable() {
+        let folder = tempfile::tempdir().unwrap();
+        let history = History::open(folder.path()).unwrap();
+        history.put(&ALICE, ID, &[1; 256], &[1; 1024], 1).unwrap();
+        let mode = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode(history.path()), 0o600);
+        assert_eq!(
+            mode(&folder.path().join(format!("{HISTORY_FILE_NAME}-wal"))),
+            0o600
+        );
+        let connection = history.lock();
+        let pragma = |name: &str| -> String {
+            connection
+                .query_row(&format!("PRAGMA {name}"), [], |row| {
+                    row.get::<_, rusqlite::types::Value>(0)
+                })
+                .map(|value| match value {
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                })
+                .unwrap()
+        };
+        assert_eq!(pragma("journal_mode"), "wal");
+        // 2 is FULL.
+        assert_eq!(pragma("synchronous"), "2");
+        assert_eq!(pragma("secure_delete"), "1");
+        assert_eq!(pragma("busy_timeout"), "5000");
+    }
 
     #[test]
     fn blobs_must_be_bucket_sized_and_ids_well_formed() {

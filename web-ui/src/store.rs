@@ -9,6 +9,9 @@
 //! The methods block (a commit waits for `fsync`), so async code never calls them on a
 //! runtime worker: it goes through [`Store::call`], which runs them on tokio's blocking
 //! pool.
+//!
+//! [`open_database`] is how every SQLite file of the box is opened (this one and the chat
+//! history's), so that they share one set of durability and privacy settings.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -26,6 +29,13 @@ pub enum StoreError {
     /// The state folder or the database file could not be created or secured.
     #[error("cannot prepare the state folder {path}")]
     StateFolder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database file could not be created or made private.
+    #[error("cannot prepare the database file {path}")]
+    DatabaseFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -186,6 +196,68 @@ CREATE TABLE IF NOT EXISTS notes (
 );
 ";
 
+/// Why [`open_database`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenDatabaseError {
+    /// The file could not be created or made private (mode 0600).
+    #[error("cannot prepare the database file {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite refused to open the file or to apply a pragma.
+    #[error("cannot open the database")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+impl From<OpenDatabaseError> for StoreError {
+    fn from(error: OpenDatabaseError) -> Self {
+        match error {
+            OpenDatabaseError::File { path, source } => StoreError::DatabaseFile { path, source },
+            OpenDatabaseError::Sqlite(error) => StoreError::Sqlite(error),
+        }
+    }
+}
+
+/// How long a statement waits for another connection's lock before it fails.
+pub const DATABASE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens (creating if needed) an SQLite file of the box with the settings every one of its
+/// databases shares: the file is mode 0600 before SQLite writes a byte (SQLite gives its WAL
+/// and shared-memory files the same mode), statements wait [`DATABASE_BUSY_TIMEOUT`] for a
+/// lock, the journal is a WAL and `synchronous=FULL`, so a commit is on disk before it
+/// returns. `extra_pragmas` (name, value) are then applied in order, for what one database
+/// needs and another does not (`foreign_keys`, `secure_delete`). The folder must exist.
+///
+/// The connection blocks on `fsync`: async code uses it only from tokio's blocking pool.
+pub fn open_database(
+    path: &Path,
+    extra_pragmas: &[(&str, &str)],
+) -> Result<Connection, OpenDatabaseError> {
+    let file_error = |source| OpenDatabaseError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(file_error)?;
+    // The file may predate this code, or have been made under another umask.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(file_error)?;
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(DATABASE_BUSY_TIMEOUT)?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk before it returns, in WAL mode too.
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    for (name, value) in extra_pragmas {
+        connection.pragma_update(None, name, value)?;
+    }
+    Ok(connection)
+}
+
 fn user_id_from_blob(blob: Vec<u8>) -> Result<[u8; 16], StoreError> {
     blob.try_into()
         .map_err(|_| StoreError::Damaged("a user id is not 16 bytes"))
@@ -203,20 +275,7 @@ impl Store {
         std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(folder_error)?;
         let path = state_dir.join(DATABASE_FILE_NAME);
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(folder_error)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(folder_error)?;
-        let connection = Connection::open(&path)?;
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a commit is on disk before it returns, in WAL mode too.
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.pragma_update(None, "foreign_keys", "ON")?;
+        let connection = open_database(&path, &[("foreign_keys", "ON")])?;
         connection.execute_batch(SCHEMA)?;
         Ok(Self {
             connection: Mutex::new(connection),
