@@ -62,7 +62,8 @@ impl AttestationState {
         }
     }
 
-    fn cached_collateral(&self) -> Option<Vec<u8>> {
+    /// The collateral the owner uploaded, if any.
+    pub fn cached_collateral(&self) -> Option<Vec<u8>> {
         self.collateral
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -160,7 +161,9 @@ pub fn parse_nonce(query: Option<&str>) -> Option<Vec<u8>> {
     cloister_protocol::attestation::parse_nonce_hex(value).ok()
 }
 
-async fn model_name(state: &AppState) -> String {
+/// The name of the model model-runner serves (asked once, then remembered; empty when it
+/// cannot be asked).
+pub(crate) async fn model_name(state: &AppState) -> String {
     let attestation = &state.chat.attestation;
     if let Some(name) = attestation
         .model_name
@@ -183,6 +186,78 @@ async fn model_name(state: &AppState) -> String {
         }
         None => String::new(),
     }
+}
+
+/// The box's public keys that its attestation binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoxKeys {
+    /// The channel's HPKE public key (X25519), made at start, only in memory.
+    pub hpke_public_key: [u8; 32],
+    /// The channel key's id.
+    pub hpke_key_id: u8,
+    /// SHA-256 of the served certificate's public key (DER SubjectPublicKeyInfo).
+    pub tls_spki_sha256: [u8; 32],
+}
+
+/// Why the TEE gave no evidence for a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The TEE refused a quote, its event log or its collateral.
+    #[error("the TEE refused: {0}")]
+    Tee(#[from] cloister_tee::TeeError),
+    /// The blocking task that asked the TEE panicked or was cancelled.
+    #[error("the request to the TEE did not finish")]
+    Interrupted,
+}
+
+/// The SHA-256 of the served certificate's public key, from the resolver's facts.
+pub fn served_spki_sha256(state: &AppState) -> Option<[u8; 32]> {
+    base64::engine::general_purpose::STANDARD
+        .decode(&state.resolver.facts().spki_sha256_base64)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+}
+
+/// The box's attestation bundle for `nonce`, exactly as `GET /attestation` serves it: a
+/// fresh quote from `tee` whose report data binds `keys` and the nonce, the event log, and
+/// the collateral (the TEE's own, else `cached_collateral`). Asks the TEE on the blocking
+/// pool. Used by the route and by the owner console's self-check, so that the console
+/// verifies what clients are served.
+pub async fn make_bundle(
+    tee: Arc<dyn cloister_tee::Tee>,
+    keys: &BoxKeys,
+    nonce: Vec<u8>,
+    cached_collateral: Option<Vec<u8>>,
+    model: String,
+) -> Result<cloister_protocol::attestation::Bundle, BundleError> {
+    let report_data =
+        cloister_protocol::report_data(&keys.hpke_public_key, &keys.tls_spki_sha256, &nonce);
+    let (kind, quote, event_log, collateral) = tokio::task::spawn_blocking(move || {
+        let quote = tee.quote(&report_data)?;
+        let event_log = tee.event_log()?;
+        let collateral = tee.collateral()?;
+        Ok::<_, cloister_tee::TeeError>((tee.kind(), quote, event_log, collateral))
+    })
+    .await
+    .map_err(|_| BundleError::Interrupted)??;
+    let collateral = collateral
+        .or(cached_collateral)
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    Ok(cloister_protocol::attestation::Bundle {
+        version: cloister_protocol::attestation::BUNDLE_VERSION,
+        tee: match kind {
+            TeeKind::Tdx => TeeName::Tdx,
+            TeeKind::Simulated => TeeName::Simulated,
+        },
+        quote,
+        event_log,
+        collateral,
+        hpke_public_key: keys.hpke_public_key.to_vec(),
+        hpke_key_id: keys.hpke_key_id,
+        tls_spki_sha256: keys.tls_spki_sha256,
+        nonce,
+        model,
+    })
 }
 
 async fn attestation(
@@ -220,56 +295,25 @@ async fn attestation(
             "the box is busy; try again",
         );
     };
-    let facts = state.resolver.facts();
-    let Some(spki) = base64::engine::general_purpose::STANDARD
-        .decode(&facts.spki_sha256_base64)
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-    else {
+    let Some(spki) = served_spki_sha256(&state) else {
         return error_response(StatusCode::INTERNAL_SERVER_ERROR, "no certificate key");
     };
-    let public_key = *chat.server_key.public_key();
-    let report_data = cloister_protocol::report_data(&public_key, &spki, &nonce);
-    let evidence = tokio::task::spawn_blocking(move || {
-        let quote = tee.quote(&report_data)?;
-        let event_log = tee.event_log()?;
-        let collateral = tee.collateral()?;
-        Ok::<_, cloister_tee::TeeError>((tee.kind(), quote, event_log, collateral))
-    })
-    .await;
-    let (kind, quote, event_log, collateral) = match evidence {
-        Ok(Ok(evidence)) => evidence,
-        Ok(Err(error)) => {
+    let keys = BoxKeys {
+        hpke_public_key: *chat.server_key.public_key(),
+        hpke_key_id: chat.server_key.key_id(),
+        tls_spki_sha256: spki,
+    };
+    let model = model_name(&state).await;
+    let cached = chat.attestation.cached_collateral();
+    let bundle = match make_bundle(tee, &keys, nonce, cached, model).await {
+        Ok(bundle) => bundle,
+        Err(error) => {
             tracing::error!(error = %error, "the TEE could not make a quote");
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the TEE could not make a quote",
             );
         }
-        Err(_) => {
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the TEE could not make a quote",
-            );
-        }
-    };
-    let collateral = collateral
-        .or_else(|| chat.attestation.cached_collateral())
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-    let bundle = cloister_protocol::attestation::Bundle {
-        version: cloister_protocol::attestation::BUNDLE_VERSION,
-        tee: match kind {
-            TeeKind::Tdx => TeeName::Tdx,
-            TeeKind::Simulated => TeeName::Simulated,
-        },
-        quote,
-        event_log,
-        collateral,
-        hpke_public_key: public_key.to_vec(),
-        hpke_key_id: chat.server_key.key_id(),
-        tls_spki_sha256: spki,
-        nonce,
-        model: model_name(&state).await,
     };
     ([(header::CACHE_CONTROL, "no-store")], Json(bundle)).into_response()
 }

@@ -1,22 +1,33 @@
 //! What the owner's console reads from the rest of the box: services' health and logs
 //! from the supervisor's control socket, the model's queue and KV use from model-runner's
-//! Prometheus `/metrics`, and the TD's registers from a quote its TEE makes on the spot,
-//! set against the image's published measurements.
+//! Prometheus `/metrics`, and the box's attestation: a bundle made on the spot, exactly as
+//! `GET /attestation` makes it, VERIFIED by the same code users run
+//! (`cloister_measurements::attestation`, as `cloister verify` and the browser do) against
+//! the image's published measurements, check by check.
 //!
-//! Both are best effort with short deadlines: a missing part shows as unreachable, it never
+//! All are best effort with short deadlines: a missing part shows as unreachable, it never
 //! blocks or breaks the page. Nothing here can carry chat content: the supervisor's logs
-//! are built to hold none, and metrics are numbers.
+//! are built to hold none, metrics are numbers, and an attestation holds public keys,
+//! registers and certificates. The simulation root is accepted only when the box's own TEE
+//! is the simulation, and the console then says SIMULATED.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cloister_measurements::Measurements;
+use cloister_measurements::attestation::{Inputs, Report};
 use cloister_tee::{Tee, TeeKind};
+
+use crate::attestation::{BoxKeys, make_bundle};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// How long to wait for another part of the box.
 pub const PART_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the console's attestation self-check (a quote, then its verification: several
+/// signature checks) may take before the page shows it as not answered.
+pub const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from another part.
 pub const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
 
@@ -195,34 +206,15 @@ pub fn parse_measurements(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Reads the expected measurements from `path` (at most 1 MiB).
-pub async fn expected_measurements(path: &Path) -> Option<Vec<(String, String)>> {
+/// Reads the expected measurements file at `path` (at most 1 MiB).
+pub async fn expected_measurements(path: &Path) -> Option<Vec<u8>> {
     let file = tokio::fs::File::open(path).await.ok()?;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.take(MAX_ANSWER_BYTES)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .await
         .ok()?;
-    Some(parse_measurements(&text))
-}
-
-/// One register of the TD: its value in a quote made now, and what the image's
-/// `measurements.json` says it should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegisterCheck {
-    /// `mrtd`, `rtmr0` .. `rtmr3`.
-    pub register: String,
-    /// Lower-case hex from `measurements.json`, when it names this register.
-    pub expected: Option<String>,
-    /// Lower-case hex from the quote.
-    pub current: String,
-}
-
-impl RegisterCheck {
-    /// Whether the register holds the expected value; `None` when nothing is expected.
-    pub fn matches(&self) -> Option<bool> {
-        self.expected.as_ref().map(|e| *e == self.current)
-    }
+    Some(bytes)
 }
 
 /// The box's attestation as the console shows it.
@@ -230,86 +222,98 @@ impl RegisterCheck {
 pub struct AttestationStatus {
     /// The TEE's kind, or why the box has none.
     pub tee: Result<TeeKind, String>,
-    /// The registers of a quote made just now, or why none was made.
-    pub registers: Result<Vec<RegisterCheck>, String>,
-    /// Whether the TD runs with DEBUG set (its memory is then readable by the host).
-    pub debug: Option<bool>,
+    /// The verifier's report on a bundle made just now (every check, passed or failed, with
+    /// its values and reason), or why no bundle could be made.
+    pub verification: Result<Report, String>,
+    /// Why the register checks had nothing to compare with, when the image's
+    /// `measurements.json` is missing or unreadable.
+    pub expected_problem: Option<String>,
 }
 
-/// Report data of the console's own quotes: a label, so such a quote can never be taken
-/// for one that binds a channel key.
-pub const SELF_CHECK_REPORT_DATA: [u8; 64] = {
-    let label = b"cloister console self-check, binds no key";
-    let mut data = [0u8; 64];
-    let mut i = 0;
-    while i < label.len() {
-        data[i] = label[i];
-        i += 1;
+impl AttestationStatus {
+    /// Whether the box's attestation verified: every check passed.
+    pub fn verified(&self) -> bool {
+        self.verification.as_ref().is_ok_and(|report| report.ok)
     }
-    data
-};
+}
 
-/// Asks `tee` for a quote now (on the blocking pool, within [`PART_TIMEOUT`]) and sets its
-/// registers against `expected` (from [`parse_measurements`]). The quote is only parsed,
-/// not verified: its signature is what a client's verifier checks, against roots it trusts.
+/// Size of the console's own nonce (bytes).
+pub const SELF_CHECK_NONCE_BYTES: usize = 32;
+
+/// Makes the box's attestation bundle now (from `tee`, binding `keys` and a fresh random
+/// nonce, within [`SELF_CHECK_TIMEOUT`]) and verifies it as a user's verifier would, on the
+/// blocking pool: the quote's chain, the TCB status, the debug bit, the event log, the
+/// registers against `expected` (a `measurements.json`), the report-data binding (with
+/// `keys.tls_spki_sha256` as the TLS key observed, since it is the one being served) and
+/// the nonce. The simulation root is accepted only when `tee` is the simulation.
 pub async fn attestation_status(
     tee: Result<Arc<dyn Tee>, String>,
-    expected: Option<&[(String, String)]>,
+    keys: &BoxKeys,
+    expected: Option<&[u8]>,
+    cached_collateral: Option<Vec<u8>>,
+    model: String,
 ) -> AttestationStatus {
+    let (expected, expected_problem) = match expected.map(Measurements::from_json) {
+        None => (
+            None,
+            Some("no measurements.json is configured for this image".to_owned()),
+        ),
+        Some(Err(error)) => (
+            None,
+            Some(format!(
+                "the image's measurements.json does not parse: {error}"
+            )),
+        ),
+        Some(Ok(measurements)) => (Some(measurements), None),
+    };
     let tee = match tee {
         Ok(tee) => tee,
         Err(reason) => {
             return AttestationStatus {
                 tee: Err(reason.clone()),
-                registers: Err(reason),
-                debug: None,
+                verification: Err(reason),
+                expected_problem,
             };
         }
     };
     let kind = tee.kind();
-    let quote = tokio::task::spawn_blocking(move || tee.quote(&SELF_CHECK_REPORT_DATA));
-    let report = match tokio::time::timeout(PART_TIMEOUT, quote).await {
+    let mut nonce = vec![0u8; SELF_CHECK_NONCE_BYTES];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).is_err() {
+        return AttestationStatus {
+            tee: Ok(kind),
+            verification: Err("no randomness for a nonce".to_owned()),
+            expected_problem,
+        };
+    }
+    let keys = *keys;
+    let check = async move {
+        let bundle = make_bundle(tee, &keys, nonce.clone(), cached_collateral, model)
+            .await
+            .map_err(|error| format!("no attestation: {error}"))?;
+        let bundle_json = serde_json::to_vec(&bundle)
+            .map_err(|error| format!("the attestation does not serialise: {error}"))?;
+        let now_unix_s = u64::try_from(crate::clock::now_s()).unwrap_or(0);
+        tokio::task::spawn_blocking(move || {
+            cloister_measurements::attestation::verify(&Inputs {
+                bundle_json: &bundle_json,
+                expected: expected.as_ref(),
+                nonce_sent: &nonce,
+                observed_tls_spki_sha256: Some(&keys.tls_spki_sha256),
+                now_unix_s,
+                accept_simulated: kind == TeeKind::Simulated,
+            })
+        })
+        .await
+        .map_err(|_| "the verification did not finish".to_owned())
+    };
+    let verification = match tokio::time::timeout(SELF_CHECK_TIMEOUT, check).await {
         Err(_) => Err("the TEE did not answer in time".to_owned()),
-        Ok(Err(_)) => Err("the quote request did not finish".to_owned()),
-        Ok(Ok(Err(error))) => Err(format!("the TEE refused a quote: {error}")),
-        Ok(Ok(Ok(bytes))) => cloister_measurements::Quote::parse(&bytes)
-            .map(|quote| quote.report)
-            .map_err(|error| format!("the TEE's quote does not parse: {error}")),
+        Ok(result) => result,
     };
-    let report = match report {
-        Ok(report) => report,
-        Err(reason) => {
-            return AttestationStatus {
-                tee: Ok(kind),
-                registers: Err(reason),
-                debug: None,
-            };
-        }
-    };
-    let expected_of = |register: &str| {
-        expected?
-            .iter()
-            .find(|(name, _)| name == register)
-            .map(|(_, hex)| hex.clone())
-    };
-    let current = [
-        ("mrtd", &report.mrtd),
-        ("rtmr0", &report.rtmrs[0]),
-        ("rtmr1", &report.rtmrs[1]),
-        ("rtmr2", &report.rtmrs[2]),
-        ("rtmr3", &report.rtmrs[3]),
-    ];
     AttestationStatus {
         tee: Ok(kind),
-        registers: Ok(current
-            .iter()
-            .map(|(register, value)| RegisterCheck {
-                register: (*register).to_owned(),
-                expected: expected_of(register),
-                current: hex::encode(value),
-            })
-            .collect()),
-        debug: Some(report.debug()),
+        verification,
+        expected_problem,
     }
 }
 
@@ -328,9 +332,10 @@ pub fn parse_everything(data: &[u8]) {
 mod tests {
     use super::*;
 
-    /// A simulated TD (real v4 quotes, development chain) claiming these registers.
-    fn simulated_td() -> (Arc<dyn Tee>, Vec<(String, String)>) {
-        use cloister_measurements::{Event, Measurements, measurements::replay, sha384};
+    /// A simulated TD (real v4 quotes, development chain) claiming these registers, and
+    /// the `measurements.json` it claims.
+    fn simulated_td() -> (Arc<dyn Tee>, String) {
+        use cloister_measurements::{Event, measurements::replay, sha384};
         let mut m = Measurements {
             mrtd: Some(sha384(b"console test firmware")),
             ..Default::default()
@@ -342,48 +347,117 @@ mod tests {
         m.rtmr3 = replay(&m.events.rtmr3);
         let json = m.to_json();
         let tee = cloister_tee::simulated::SimulatedTee::new(json.as_bytes()).unwrap();
-        (Arc::new(tee), parse_measurements(&json))
+        (Arc::new(tee), json)
+    }
+
+    fn keys() -> BoxKeys {
+        let server_key = cloister_protocol::ServerKey::generate().unwrap();
+        BoxKeys {
+            hpke_public_key: *server_key.public_key(),
+            hpke_key_id: server_key.key_id(),
+            tls_spki_sha256: [0x5a; 32],
+        }
+    }
+
+    fn failed(status: &AttestationStatus) -> Vec<&'static str> {
+        status.verification.as_ref().unwrap().failed()
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_fresh_quote_is_set_against_the_expected_registers() {
+    async fn the_boxs_own_attestation_is_verified_check_by_check() {
         let (tee, expected) = simulated_td();
-        assert_eq!(expected.len(), 5);
-        let status = attestation_status(Ok(tee.clone()), Some(&expected)).await;
+        let keys = keys();
+        let status = attestation_status(
+            Ok(tee.clone()),
+            &keys,
+            Some(expected.as_bytes()),
+            None,
+            "console-test-model".to_owned(),
+        )
+        .await;
         assert_eq!(status.tee, Ok(TeeKind::Simulated));
-        assert_eq!(status.debug, Some(false));
-        let registers = status.registers.unwrap();
-        assert_eq!(registers.len(), 5);
+        assert_eq!(status.expected_problem, None);
+        let report = status.verification.as_ref().unwrap();
+        assert!(status.verified(), "{report:#?}");
+        // Every check ran, in the verifier's order, and passed: the quote's chain (to the
+        // simulation root, accepted because this box's TEE is the simulation), the event
+        // log, the registers, and the binding of this box's own keys.
+        let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
+        assert_eq!(names, cloister_measurements::attestation::CHECK_NAMES);
+        assert!(report.checks.iter().all(|c| c.ok), "{report:#?}");
+        assert!(report.simulated);
         assert!(
-            registers.iter().all(|r| r.matches() == Some(true)),
-            "{registers:?}"
+            report.trust_root.contains("SIMULATION"),
+            "{}",
+            report.trust_root
         );
+        assert_eq!(report.hpke_public_key, hex::encode(keys.hpke_public_key));
+        assert_eq!(report.model, "console-test-model");
+        let rtmr1 = report.check("rtmr1").unwrap();
+        assert_eq!(rtmr1.actual, rtmr1.expected);
+        assert_eq!(rtmr1.actual.len(), 96);
 
-        // An image that expects another kernel: RTMR1 differs, the rest still match.
-        let mut other = expected.clone();
-        other[2].1 = "ab".repeat(48);
-        let registers = attestation_status(Ok(tee.clone()), Some(&other))
-            .await
-            .registers
+        // An image that expects another kernel: RTMR1 fails, by name and with both values;
+        // nothing else does.
+        let mut other = Measurements::from_json(expected.as_bytes()).unwrap();
+        other.rtmr1 = Some([0xab; 48]);
+        let status = attestation_status(
+            Ok(tee.clone()),
+            &keys,
+            Some(other.to_json().as_bytes()),
+            None,
+            String::new(),
+        )
+        .await;
+        assert!(!status.verified());
+        assert_eq!(failed(&status), ["rtmr1"]);
+        let rtmr1 = status
+            .verification
+            .as_ref()
+            .unwrap()
+            .check("rtmr1")
             .unwrap();
-        let differing: Vec<&str> = registers
-            .iter()
-            .filter(|r| r.matches() == Some(false))
-            .map(|r| r.register.as_str())
-            .collect();
-        assert_eq!(differing, ["rtmr1"]);
+        assert_eq!(rtmr1.expected, "ab".repeat(48));
+        assert_ne!(rtmr1.actual, rtmr1.expected);
 
-        // Without a measurements file nothing is judged, but the values are shown.
-        let registers = attestation_status(Ok(tee), None).await.registers.unwrap();
-        assert!(registers.iter().all(|r| r.matches().is_none()));
-        assert_eq!(registers[0].current, expected[0].1);
+        // Without a measurements file the registers cannot pass, and the console says why.
+        let status = attestation_status(Ok(tee.clone()), &keys, None, None, String::new()).await;
+        assert_eq!(
+            failed(&status),
+            ["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"]
+        );
+        assert!(
+            status
+                .expected_problem
+                .as_deref()
+                .unwrap()
+                .contains("no measurements.json")
+        );
+        let status =
+            attestation_status(Ok(tee), &keys, Some(b"{not json"), None, String::new()).await;
+        assert!(
+            status
+                .expected_problem
+                .as_deref()
+                .unwrap()
+                .contains("does not parse")
+        );
+        assert!(!status.verified());
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_box_without_a_tee_says_why() {
-        let status = attestation_status(Err("no /dev/tdx_guest".to_owned()), None).await;
+        let status = attestation_status(
+            Err("no /dev/tdx_guest".to_owned()),
+            &keys(),
+            None,
+            None,
+            String::new(),
+        )
+        .await;
         assert_eq!(status.tee, Err("no /dev/tdx_guest".to_owned()));
-        assert!(status.registers.is_err());
+        assert_eq!(status.verification, Err("no /dev/tdx_guest".to_owned()));
+        assert!(!status.verified());
     }
 
     #[test]

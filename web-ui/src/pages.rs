@@ -215,7 +215,8 @@ pub struct ConsoleView<'a> {
     pub now_s: i64,
 }
 
-/// The TEE and the registers of a quote made now, set against the expected ones.
+/// The TEE, and the verification of an attestation the box made for this page: each of
+/// the verifier's checks with its verdict, its values and, when it fails, the reason.
 fn attestation_section(html: &mut String, status: Option<&AttestationStatus>) {
     let Some(status) = status else {
         html.push_str(
@@ -233,43 +234,89 @@ fn attestation_section(html: &mut String, status: Option<&AttestationStatus>) {
         "<dl id=\"attestation-status\"><dt>TEE</dt><dd id=\"tee-kind\">{}</dd>",
         escape(&tee)
     );
-    if let Some(debug) = status.debug {
+    if let Ok(report) = &status.verification
+        && let Some(debug) = report.check("debug_off")
+    {
         let _ = write!(
             html,
             "<dt>Debug mode</dt><dd>{}</dd>",
-            if debug {
-                "ON: the host can read this TD's memory"
+            if debug.actual == "on" {
+                "ON: the host can read this TD's memory".to_owned()
             } else {
-                "off"
+                escape(&debug.actual)
             }
         );
     }
     html.push_str("</dl>");
-    match &status.registers {
-        Err(reason) => {
-            let _ = write!(html, "<p class=\"warn\">No quote: {}</p>", escape(reason));
-        }
-        Ok(registers) => {
-            html.push_str(
-                "<p>Registers in a quote made for this page (parsed, not verified: a client's verifier checks its signature):</p>\
-<table id=\"registers\"><tr><th>Register</th><th>Now</th><th>Expected</th></tr>",
-            );
-            for check in registers {
-                let verdict = match check.matches() {
-                    Some(true) => "<td class=\"ok\">matches</td>",
-                    Some(false) => "<td class=\"warn\">DIFFERS</td>",
-                    None => "<td>not published</td>",
-                };
-                let _ = write!(
-                    html,
-                    "<tr class=\"register\"><td>{}</td><td><code>{}</code></td>{verdict}</tr>",
-                    escape(&check.register),
-                    escape(&check.current),
-                );
-            }
-            html.push_str("</table>");
-        }
+    if let Some(problem) = &status.expected_problem {
+        let _ = write!(
+            html,
+            "<p class=\"warn\" id=\"expected-problem\">{}</p>",
+            escape(problem)
+        );
     }
+    let report = match &status.verification {
+        Err(reason) => {
+            let _ = write!(
+                html,
+                "<p class=\"warn\" id=\"attestation-verdict\">Not verified: {}</p>",
+                escape(reason)
+            );
+            return;
+        }
+        Ok(report) => report,
+    };
+    let failed = report.failed();
+    let verdict = match (failed.is_empty(), report.simulated) {
+        (true, true) => "VERIFIED, but SIMULATED, not confidential: every check passes \
+                         against the development chain, which proves nothing about secrecy"
+            .to_owned(),
+        (true, false) => {
+            "Verified: every check passes, as a user's verifier would see it".to_owned()
+        }
+        (false, _) => format!("FAILS the check(s): {}", failed.join(", ")),
+    };
+    let _ = write!(
+        html,
+        "<p class=\"{}\" id=\"attestation-verdict\">{}</p>",
+        if failed.is_empty() && !report.simulated {
+            "ok"
+        } else {
+            "warn"
+        },
+        escape(&verdict)
+    );
+    if let Some(error) = &report.error {
+        let _ = write!(html, "<p class=\"warn\">{}</p>", escape(error));
+    }
+    let _ = write!(
+        html,
+        "<p>An attestation made for this page (as <code>GET /attestation</code> makes it, with \
+         a fresh nonce), checked by the verifier users run; trust root: {}.</p>\
+<table id=\"attestation-checks\"><tr><th>Check</th><th>Result</th><th>Expected</th><th>Found</th><th>Why</th></tr>",
+        escape(if report.trust_root.is_empty() {
+            "none"
+        } else {
+            &report.trust_root
+        })
+    );
+    for check in &report.checks {
+        let _ = write!(
+            html,
+            "<tr class=\"check {}\" data-check=\"{}\"><td title=\"{}\">{}</td><td class=\"{}\">{}</td>\
+<td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
+            if check.ok { "pass" } else { "fail" },
+            escape(check.name),
+            escape(check.title),
+            escape(check.name),
+            if check.ok { "ok" } else { "warn" },
+            if check.ok { "pass" } else { "FAIL" },
+            escape(&check.expected),
+            escape(&check.actual),
+            escape(&check.detail),
+        );
+    }
+    html.push_str("</table>");
 }
 
 /// The owner's console.

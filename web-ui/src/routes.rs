@@ -522,16 +522,42 @@ async fn console_page(
             None => None,
         }
     });
-    let measurements = match &state.settings.measurements_file {
+    let measurements_file = match &state.settings.measurements_file {
         Some(path) => console::expected_measurements(path).await,
-        None => state
-            .chat
-            .expected_measurements
-            .as_deref()
-            .map(|bytes| console::parse_measurements(&String::from_utf8_lossy(bytes))),
+        None => state.chat.expected_measurements.clone(),
     };
-    let attestation =
-        console::attestation_status(state.chat.tee.clone(), measurements.as_deref()).await;
+    let measurements = measurements_file
+        .as_deref()
+        .map(|bytes| console::parse_measurements(&String::from_utf8_lossy(bytes)));
+    // The box's own attestation, made as `GET /attestation` makes it and verified as users
+    // verify it, against the certificate being served now.
+    let attestation = match crate::attestation::served_spki_sha256(&state) {
+        Some(tls_spki_sha256) => {
+            let keys = crate::attestation::BoxKeys {
+                hpke_public_key: *state.chat.server_key.public_key(),
+                hpke_key_id: state.chat.server_key.key_id(),
+                tls_spki_sha256,
+            };
+            console::attestation_status(
+                state.chat.tee.clone(),
+                &keys,
+                measurements_file.as_deref(),
+                state.chat.attestation.cached_collateral(),
+                crate::attestation::model_name(&state).await,
+            )
+            .await
+        }
+        None => console::AttestationStatus {
+            tee: state
+                .chat
+                .tee
+                .as_ref()
+                .map(|tee| tee.kind())
+                .map_err(Clone::clone),
+            verification: Err("the served certificate's key is not known".to_owned()),
+            expected_problem: None,
+        },
+    };
     let logs = match &services {
         Some(services) => console::recent_logs(&socket, services, 50).await,
         None => None,

@@ -461,6 +461,23 @@ async fn attested_sealed_chat_history_and_no_plaintext_left_behind() {
     );
     assert_eq!(get(address, &path, Some(&owner_session)).await.0, 404);
 
+    // The owner's console verifies the box's own attestation as users' verifiers do: each
+    // check is listed and passes (against the simulation root, said loudly), and the page
+    // carries no chat content.
+    let (status, console) = get(address, "/console", Some(&owner_session)).await;
+    assert_eq!(status, 200);
+    for name in cloister_measurements::attestation::CHECK_NAMES {
+        assert!(
+            console.contains(&format!("<tr class=\"check pass\" data-check=\"{name}\">")),
+            "the console shows {name} passing: {console}"
+        );
+    }
+    assert!(!console.contains("class=\"check fail\""), "{console}");
+    assert!(console.contains("VERIFIED, but SIMULATED, not confidential"));
+    for needle in [prompt, "Quillhaven-7341", answer_text.trim()] {
+        assert!(!console.contains(needle), "the console shows chat content");
+    }
+
     // No plaintext: neither the prompt nor the answer is anywhere in the state folder or the
     // logs, byte for byte, once web-ui has stopped and flushed everything.
     web_ui.stop();
