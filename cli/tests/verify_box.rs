@@ -4,10 +4,12 @@
 //! key serving the honest box's bundle, a wrong expected measurement, a replayed bundle and
 //! the simulation root without `--accept-simulated` each fail, with the failing check named.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use cloister_measurements::measurements::{Event, replay};
@@ -15,54 +17,9 @@ use cloister_measurements::{Measurements, sha384};
 use cloister_protocol::attestation::{Bundle, TeeName};
 use cloister_tee::Tee;
 use cloister_tee::simulated::SimulatedTee;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
+use common::{cloister_verify, failed_checks, measurements, tls_identity};
 
 const HPKE_KEY: [u8; 32] = [0x31; 32];
-
-fn measurements() -> Measurements {
-    let events = |label: &str, n: usize| -> Vec<Event> {
-        (0..n)
-            .map(|i| {
-                Event::new(
-                    format!("{label} {i}"),
-                    &sha384(format!("{label}{i}").as_bytes()),
-                )
-            })
-            .collect()
-    };
-    let mut m = Measurements {
-        mrtd: Some(sha384(b"firmware")),
-        ..Default::default()
-    };
-    m.events.rtmr0 = events("firmware configuration", 11);
-    m.events.rtmr1 = events("kernel", 3);
-    m.events.rtmr2 = events("command line and initrd", 2);
-    m.rtmr0 = replay(&m.events.rtmr0);
-    m.rtmr1 = replay(&m.events.rtmr1);
-    m.rtmr2 = replay(&m.events.rtmr2);
-    m.rtmr3 = replay(&m.events.rtmr3);
-    m
-}
-
-/// A TLS key and self-signed certificate, and the SHA-256 of its SubjectPublicKeyInfo.
-struct TlsIdentity {
-    certificate: CertificateDer<'static>,
-    key: Vec<u8>,
-    spki_sha256: [u8; 32],
-}
-
-fn tls_identity() -> TlsIdentity {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let certificate = params.self_signed(&key).unwrap();
-    TlsIdentity {
-        certificate: certificate.der().clone(),
-        spki_sha256: Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)).into(),
-        key: key.serialize_der(),
-    }
-}
 
 /// What the box in the test does with a request for /attestation?nonce=N.
 #[derive(Clone, Copy)]
@@ -160,19 +117,7 @@ fn serve_connection(
 
 fn start_box(behaviour: Behaviour) -> (TestBox, Arc<Mutex<Vec<String>>>) {
     let identity = tls_identity();
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![identity.certificate.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key.clone())),
-        )
-        .unwrap(),
-    );
+    let config = identity.server_config();
     let tee = Arc::new(SimulatedTee::new(measurements().to_json().as_bytes()).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
@@ -198,14 +143,6 @@ fn start_box(behaviour: Behaviour) -> (TestBox, Arc<Mutex<Vec<String>>>) {
     )
 }
 
-fn cloister_verify(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cloister"))
-        .arg("verify")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn write_expected(dir: &Path, m: &Measurements) -> String {
     let path = dir.join("measurements.json");
     std::fs::write(&path, m.to_json()).unwrap();
@@ -218,15 +155,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// The names on the summary's FAIL lines.
-fn failed_checks(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("FAIL  "))
-        .map(|l| l.split_whitespace().next().unwrap().to_owned())
-        .collect()
 }
 
 #[test]

@@ -8,39 +8,15 @@
 //! web-ui itself. Without it the test says SKIPPED and passes, unless
 //! `CLOISTER_REQUIRE_WEB_UI=1` turns that into a failure.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use cloister_measurements::measurements::{Event, replay};
-use cloister_measurements::{Measurements, sha384};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-
-fn measurements() -> Measurements {
-    let events = |label: &str, n: usize| -> Vec<Event> {
-        (0..n)
-            .map(|i| {
-                Event::new(
-                    format!("{label} {i}"),
-                    &sha384(format!("{label}{i}").as_bytes()),
-                )
-            })
-            .collect()
-    };
-    let mut m = Measurements {
-        mrtd: Some(sha384(b"firmware")),
-        ..Default::default()
-    };
-    m.events.rtmr0 = events("firmware configuration", 11);
-    m.events.rtmr1 = events("kernel", 3);
-    m.events.rtmr2 = events("command line and initrd", 2);
-    m.rtmr0 = replay(&m.events.rtmr0);
-    m.rtmr1 = replay(&m.events.rtmr1);
-    m.rtmr2 = replay(&m.events.rtmr2);
-    m.rtmr3 = replay(&m.events.rtmr3);
-    m
-}
+use common::{cloister_verify, failed_checks, measurements, tls_identity};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 struct WebUi {
     child: Child,
@@ -132,22 +108,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 /// the box over TLS, and passes the box's answers back unchanged. Returns its URL.
 fn start_relay(box_port: u16) -> String {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let server = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap(),
-    );
+    let server = tls_identity().server_config();
     let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -215,22 +176,6 @@ fn read_head(reader: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
             return Ok(head);
         }
     }
-}
-
-fn cloister_verify(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cloister"))
-        .arg("verify")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn failed_checks(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("FAIL  "))
-        .map(|l| l.split_whitespace().next().unwrap().to_owned())
-        .collect()
 }
 
 #[test]

@@ -8,7 +8,7 @@ use cloister_measurements::measurements::{Event, replay};
 use cloister_measurements::{Measurements, sha384};
 use cloister_protocol::attestation::{Bundle, TeeName};
 use cloister_tee::Tee;
-use cloister_tee::simulated::SimulatedTee;
+use cloister_tee::simulated::{SimulatedTee, example_measurements};
 
 /// 2026-01-01T00:00:00Z, inside the development chain's validity.
 const NOW_2026: u64 = 1_767_225_600;
@@ -16,31 +16,19 @@ const NONCE: [u8; 32] = [0x42; 32];
 const HPKE_KEY: [u8; 32] = [0x13; 32];
 const SPKI: [u8; 32] = [0x24; 32];
 
-fn events(label: &str, n: usize) -> Vec<Event> {
-    (0..n)
-        .map(|i| {
-            Event::new(
-                format!("{label} {i}"),
-                &sha384(format!("{label}/{i}").as_bytes()),
-            )
-        })
-        .collect()
-}
-
+/// The example measurements.json the simulated TD claims (cloister-tee's helper, shared
+/// with the verifier-wasm tests); RTMR3 holds one runtime event, which the event-log test
+/// tampers with.
 fn measurements() -> Measurements {
-    let mut m = Measurements {
-        mrtd: Some(sha384(b"firmware")),
-        ..Default::default()
-    };
-    m.events.rtmr0 = events("firmware configuration", 11);
-    m.events.rtmr1 = events("kernel", 3);
-    m.events.rtmr2 = events("command line and initrd", 2);
-    m.events.rtmr3 = events("runtime", 1);
-    m.rtmr0 = replay(&m.events.rtmr0);
-    m.rtmr1 = replay(&m.events.rtmr1);
-    m.rtmr2 = replay(&m.events.rtmr2);
-    m.rtmr3 = replay(&m.events.rtmr3);
-    m
+    example_measurements(
+        "firmware",
+        [
+            ("firmware configuration", 11),
+            ("kernel", 3),
+            ("command line and initrd", 2),
+            ("runtime", 1),
+        ],
+    )
 }
 
 /// What web-ui serves at /attestation?nonce=N, bound to `spki`.

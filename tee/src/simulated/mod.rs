@@ -114,6 +114,53 @@ pub fn collateral() -> Result<Collateral, TeeError> {
     .map_err(|e| TeeError::Invalid(format!("the development collateral: {e}")))
 }
 
+/// Made-up events for an example `measurements.json`: `count` events named "`label` i",
+/// each extending the SHA-384 of "`label`/i". For tests and demonstrations: they stand for
+/// no real firmware, kernel or command line.
+pub fn example_events(label: &str, count: usize) -> Vec<cloister_measurements::Event> {
+    (0..count)
+        .map(|i| {
+            cloister_measurements::Event::new(
+                format!("{label} {i}"),
+                &sha384(format!("{label}/{i}").as_bytes()),
+            )
+        })
+        .collect()
+}
+
+/// An example `measurements.json`, as `cloister measure` writes one, for a simulated TD in
+/// tests and demonstrations: MRTD is the SHA-384 of `firmware`, and RTMR0 to RTMR3 each hold
+/// the [`example_events`] named by `rtmr_events` (label, count; a count of 0 leaves the
+/// register's log empty), with each register the replay of its events, so that
+/// [`SimulatedTee::new`] accepts it and its event log replays to the quote's RTMRs.
+///
+/// ```
+/// let m = cloister_tee::simulated::example_measurements(
+///     "firmware",
+///     [("firmware configuration", 11), ("kernel", 3), ("command line and initrd", 2), ("runtime", 0)],
+/// );
+/// assert_eq!(m.events.rtmr1.len(), 3);
+/// let tee = cloister_tee::simulated::SimulatedTee::new(m.to_json().as_bytes()).unwrap();
+/// assert_eq!(tee.registers().1[1], m.rtmr1.unwrap());
+/// ```
+pub fn example_measurements(firmware: &str, rtmr_events: [(&str, usize); 4]) -> Measurements {
+    let [rtmr0, rtmr1, rtmr2, rtmr3] =
+        rtmr_events.map(|(label, count)| example_events(label, count));
+    let mut m = Measurements {
+        mrtd: Some(sha384(firmware.as_bytes())),
+        rtmr0: replay(&rtmr0),
+        rtmr1: replay(&rtmr1),
+        rtmr2: replay(&rtmr2),
+        rtmr3: replay(&rtmr3),
+        ..Default::default()
+    };
+    m.events.rtmr0 = rtmr0;
+    m.events.rtmr1 = rtmr1;
+    m.events.rtmr2 = rtmr2;
+    m.events.rtmr3 = rtmr3;
+    m
+}
+
 /// Where a guest started by `cloister run` finds the measurements of its own image: the host
 /// passes measurements.json through QEMU's fw_cfg as `opt/cloister/measurements.json`.
 pub const FW_CFG_MEASUREMENTS_PATH: &str =

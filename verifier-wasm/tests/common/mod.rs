@@ -3,11 +3,10 @@
 
 #![allow(dead_code)]
 
-use cloister_measurements::measurements::{Event, replay};
-use cloister_measurements::{Collateral, CollateralFiles, Measurements, sha384};
+use cloister_measurements::{Collateral, CollateralFiles, Measurements};
 use cloister_protocol::attestation::{Bundle, TeeName};
 use cloister_tee::Tee;
-use cloister_tee::simulated::SimulatedTee;
+use cloister_tee::simulated::{SimulatedTee, example_measurements};
 
 /// 2026-01-01T00:00:00Z, inside the development chain's validity.
 pub const NOW_2026: u64 = 1_767_225_600;
@@ -16,33 +15,19 @@ pub const NOW_2023_07_01: u64 = 1_688_173_200;
 pub const HPKE_KEY: [u8; 32] = [0x13; 32];
 pub const SPKI: [u8; 32] = [0x24; 32];
 
-fn events(label: &str, n: usize) -> Vec<Event> {
-    (0..n)
-        .map(|i| {
-            Event::new(
-                format!("{label} {i}"),
-                &sha384(format!("{label}/{i}").as_bytes()),
-            )
-        })
-        .collect()
-}
-
-/// A measurements.json as `cloister measure` writes it; `release` changes the initrd event,
-/// as a new release of the image would.
+/// A measurements.json as `cloister measure` writes it (cloister-tee's example, shared with
+/// the measurements crate's tests); `release` changes the initrd event, as a new release of
+/// the image would.
 pub fn measurements(release: u32) -> Measurements {
-    let mut m = Measurements {
-        mrtd: Some(sha384(b"firmware")),
-        ..Default::default()
-    };
-    m.events.rtmr0 = events("firmware configuration", 11);
-    m.events.rtmr1 = events("kernel", 3);
-    m.events.rtmr2 = events(&format!("command line and initrd of release {release}"), 2);
-    m.events.rtmr3 = Vec::new();
-    m.rtmr0 = replay(&m.events.rtmr0);
-    m.rtmr1 = replay(&m.events.rtmr1);
-    m.rtmr2 = replay(&m.events.rtmr2);
-    m.rtmr3 = replay(&m.events.rtmr3);
-    m
+    example_measurements(
+        "firmware",
+        [
+            ("firmware configuration", 11),
+            ("kernel", 3),
+            (&format!("command line and initrd of release {release}"), 2),
+            ("runtime", 0),
+        ],
+    )
 }
 
 pub fn simulated_tee(release: u32) -> SimulatedTee {
