@@ -8,34 +8,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use cloister_web_ui::config::Settings;
 
-fn missing_dependencies(browser_dir: &Path) -> Option<String> {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        return Some(format!("{chromium} is missing"));
-    }
-    if !browser_dir.join("node_modules/playwright-core").exists() {
-        return Some("run `npm ci` in web-ui/tests/browser".into());
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        return Some("node is missing".into());
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_setup_invitation_usernameless_sign_in_prf_and_revocation() {
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    if let Some(reason) = missing_dependencies(&browser_dir) {
-        assert!(
-            std::env::var("CLOISTER_REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "browser test dependencies missing: {reason}"
-        );
-        eprintln!("SKIPPED: {reason}");
+    if !common::browser::may_run("browser test", None) {
         return;
     }
     let state = tempfile::tempdir().unwrap();
@@ -62,22 +41,20 @@ async fn owner_setup_invitation_usernameless_sign_in_prf_and_revocation() {
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-flows");
     let _ = std::fs::remove_dir_all(&out_dir);
 
-    let script = browser_dir.join("flows.mjs");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .env("CLOISTER_URL", &url)
-            .env("SETUP_CODE", &setup_code)
-            .env("SPKI", &spki)
-            .env("OUT_DIR", &out_dir)
-            .output()
-            .unwrap()
+    let stdout = tokio::task::spawn_blocking(move || {
+        common::browser::run_script(
+            "browser flow",
+            "flows.mjs",
+            &[
+                ("CLOISTER_URL", url.as_str()),
+                ("SETUP_CODE", setup_code.as_str()),
+                ("SPKI", spki.as_str()),
+                ("OUT_DIR", out_dir.to_str().unwrap()),
+            ],
+        )
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "browser flow failed:\n{stdout}");
     assert!(!stdout.contains("FAIL"));
 
     // The database holds no PRF output either way: it holds no `prf` at all.

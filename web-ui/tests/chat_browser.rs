@@ -17,8 +17,7 @@
 mod chat_common;
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 fn verifier_wasm() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("CLOISTER_VERIFIER_WASM") {
@@ -35,32 +34,12 @@ fn verifier_wasm() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
-fn missing_dependencies(browser_dir: &Path) -> Option<String> {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        return Some(format!("{chromium} is missing"));
-    }
-    if !browser_dir.join("node_modules/playwright-core").exists() {
-        return Some("run `npm ci` in web-ui/tests/browser".into());
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        return Some("node is missing".into());
-    }
-    if verifier_wasm().is_none() {
-        return Some("the WebAssembly verifier is missing: run verifier-wasm/build.sh".into());
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_chat_history_isolation_and_visible_refusals_in_chromium() {
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    if let Some(reason) = missing_dependencies(&browser_dir) {
-        assert!(
-            std::env::var("CLOISTER_REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "chat browser test dependencies missing: {reason}"
-        );
-        eprintln!("SKIPPED: {reason}");
+    let wasm_missing = verifier_wasm()
+        .is_none()
+        .then(|| "the WebAssembly verifier is missing: run verifier-wasm/build.sh".to_owned());
+    if !common::browser::may_run("chat browser test", wasm_missing) {
         return;
     }
     let Some(model) = chat_common::model_path() else {
@@ -84,29 +63,23 @@ async fn verify_chat_history_isolation_and_visible_refusals_in_chromium() {
     let url = format!("https://localhost:{}", web_ui.address.port());
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chat-browser");
     let _ = std::fs::remove_dir_all(&out_dir);
-    let script = browser_dir.join("chat_flows.mjs");
     let setup_code = web_ui.setup_code.clone().unwrap();
     let spki = web_ui.spki_sha256_base64.clone();
     let node_out = out_dir.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .env("CLOISTER_URL", &url)
-            .env("SETUP_CODE", &setup_code)
-            .env("SPKI", &spki)
-            .env("OUT_DIR", &node_out)
-            .output()
-            .unwrap()
+    tokio::task::spawn_blocking(move || {
+        common::browser::run_script(
+            "chat browser flow",
+            "chat_flows.mjs",
+            &[
+                ("CLOISTER_URL", url.as_str()),
+                ("SETUP_CODE", setup_code.as_str()),
+                ("SPKI", spki.as_str()),
+                ("OUT_DIR", node_out.to_str().unwrap()),
+            ],
+        )
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(
-        output.status.success(),
-        "chat browser flow failed:\n{stdout}"
-    );
-    assert!(!stdout.lines().any(|line| line.starts_with("FAIL")));
 
     // No plaintext: what the browser saw in the clear is nowhere in the server's files.
     web_ui.stop();

@@ -8,10 +8,11 @@
 //! unless `CLOISTER_REQUIRE_BROWSER=1`, as CI sets, turns that into a failure. The check of
 //! the vendored files' hashes always runs.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,20 +28,6 @@ fn web_ui_dir() -> PathBuf {
 
 fn vectors_path() -> PathBuf {
     web_ui_dir().join("../protocol/vectors/v1.json")
-}
-
-fn missing_dependencies(browser_dir: &Path) -> Option<String> {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        return Some(format!("{chromium} is missing"));
-    }
-    if !browser_dir.join("node_modules/playwright-core").exists() {
-        return Some("run `npm ci` in web-ui/tests/browser".into());
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        return Some("node is missing".into());
-    }
-    None
 }
 
 /// The server key of the vectors' first case, which the page seals its live requests to.
@@ -197,28 +184,16 @@ fn serve(listener: TcpListener) {
 
 #[test]
 fn the_shared_vectors_pass_in_chromium_and_the_browser_talks_to_the_rust_server() {
-    let browser_dir = web_ui_dir().join("tests/browser");
-    if let Some(reason) = missing_dependencies(&browser_dir) {
-        assert!(
-            std::env::var("CLOISTER_REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "browser test dependencies missing: {reason}"
-        );
-        eprintln!("SKIPPED: {reason}");
+    if !common::browser::may_run("browser test", None) {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     std::thread::spawn(move || serve(listener));
-    let output = Command::new("node")
-        .arg(browser_dir.join("protocol_vectors.mjs"))
-        .env("VECTORS_URL", &url)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(
-        output.status.success(),
-        "the vectors failed in Chromium:\n{stdout}"
+    let stdout = common::browser::run_script(
+        "the vectors in Chromium",
+        "protocol_vectors.mjs",
+        &[("VECTORS_URL", url.as_str())],
     );
     assert!(!stdout.contains("FAIL"));
     // Every case and every refused response was checked, not just some.

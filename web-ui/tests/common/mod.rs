@@ -1,8 +1,11 @@
 //! Helpers shared by web-ui's integration tests: a TLS client that accepts any certificate
-//! (the tests check the certificate themselves), raw HTTP over it, and a stand-in for the
-//! supervisor's control socket that answers `list` and `logs`.
+//! (the tests check the certificate themselves), raw HTTP over it, a stand-in for the
+//! supervisor's control socket that answers `list` and `logs`, and the browser tests'
+//! start-up ([`browser`]).
 
 #![allow(dead_code)]
+
+pub mod browser;
 
 use std::net::SocketAddr;
 use std::path::Path;
