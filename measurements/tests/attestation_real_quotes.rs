@@ -86,269 +86,289 @@ fn hand_parsed_registers_match_the_parser() {
     assert_eq!(m.rtmr3, Some(q.report.rtmrs[3]));
 }
 
-#[test]
-fn production_quote_is_signed_by_intel_but_binds_nothing_of_ours() {
-    let expected = registers_of(V4);
-    let collateral = collateral_v4_json();
-    let json = bundle(V4, CCEL_LOG, Some(&collateral), &NONCE);
-    let report = attestation::verify(&Inputs {
-        bundle_json: &json,
-        expected: Some(&expected),
-        nonce_sent: &NONCE,
-        observed_tls_spki_sha256: None,
-        now_unix_s: NOW_2023_07_01,
-        accept_simulated: false,
-    });
-    assert_eq!(
-        outcome(&report),
-        expect(&[
-            "quote_signature",
-            "debug_off",
-            "mrtd",
-            "rtmr0",
-            "rtmr1",
-            "rtmr2",
-            "rtmr3",
-            "nonce"
-        ])
-    );
-    assert!(!report.ok);
-    assert!(!report.simulated);
-    assert_eq!(report.trust_root, "Intel SGX Root CA");
-    let tcb = report.check("tcb_status").unwrap();
-    assert_eq!(tcb.actual, "NoMatchingTcbLevel");
-    assert!(tcb.expected.contains("UpToDate"));
-    // The COS event log belongs to another TD: it cannot replay to this quote's RTMRs.
-    let log = report.check("event_log").unwrap();
-    assert!(
-        log.detail.contains("not the one behind this quote"),
-        "{}",
-        log.detail
-    );
-    assert_ne!(log.expected, log.actual);
-    // The report data check recomputes the binding with the values the box claims.
-    let rd = report.check("report_data").unwrap();
-    assert_eq!(
-        rd.expected,
-        hex::encode(cloister_protocol::report_data(&HPKE_KEY, &SPKI, &NONCE))
-    );
-    assert_eq!(
-        rd.actual,
-        hex::encode(Quote::parse(V4).unwrap().report.report_data)
-    );
-    assert!(rd.detail.contains("TLS was not observed"), "{}", rd.detail);
-    // What the box serves is carried to the caller.
-    assert_eq!(report.hpke_public_key, hex::encode(HPKE_KEY));
-    assert_eq!(report.model, "smollm2-135m-instruct");
+/// What one check of a report must say.
+enum Says {
+    /// It passed (`true`) or failed.
+    Ok(bool),
+    /// Its expected value, exactly.
+    Expected(String),
+    /// Its expected value contains this text.
+    ExpectedContains(String),
+    /// Its found value, exactly.
+    Actual(String),
+    /// Its detail contains this text.
+    Detail(String),
+    /// Its expected and found values differ.
+    ExpectedIsNotActual,
 }
 
-#[test]
-fn one_wrong_expected_register_fails_that_register_only() {
-    let mut expected = registers_of(V4);
-    expected.rtmr2.as_mut().unwrap()[47] ^= 1;
-    let collateral = collateral_v4_json();
-    let json = bundle(V4, CCEL_LOG, Some(&collateral), &NONCE);
-    let report = attestation::verify(&Inputs {
-        bundle_json: &json,
-        expected: Some(&expected),
-        nonce_sent: &NONCE,
-        observed_tls_spki_sha256: Some(&SPKI),
-        now_unix_s: NOW_2023_07_01,
-        accept_simulated: true,
-    });
-    assert_eq!(
-        outcome(&report),
-        expect(&[
-            "quote_signature",
-            "debug_off",
-            "mrtd",
-            "rtmr0",
-            "rtmr1",
-            "rtmr3",
-            "nonce"
-        ])
-    );
-    // accept_simulated allows the simulation root; it does not make Intel's quote simulated.
-    assert!(!report.simulated);
-    let rtmr2 = report.check("rtmr2").unwrap();
-    assert_eq!(rtmr2.expected, hex::encode(expected.rtmr2.unwrap()));
-    assert!(rtmr2.detail.contains("does not run the expected image"));
-    assert!(
-        report
-            .check("report_data")
-            .unwrap()
-            .detail
-            .contains("observed on this connection")
-    );
+/// One bundle around a real quote, verified, and what the report must say.
+struct Case {
+    name: &'static str,
+    quote: Vec<u8>,
+    log: &'static [u8],
+    /// Whether the bundle carries the v4 quote's collateral.
+    collateral: bool,
+    /// The nonce the bundle claims (the verifier is always sent [`NONCE`]).
+    bundle_nonce: [u8; 32],
+    expected: Option<Measurements>,
+    observed: Option<[u8; 32]>,
+    now: u64,
+    accept_simulated: bool,
+    /// Exactly the checks that fail, every other one passing; `None` where the case pins
+    /// only the checks it names in `says`.
+    failing: Option<&'static [&'static str]>,
+    /// The root the chain ended at, where the case pins it.
+    trust_root: Option<&'static str>,
+    /// What named checks say.
+    says: Vec<(&'static str, Says)>,
 }
 
-#[test]
-fn the_observed_tls_key_is_used_and_a_different_claim_is_named() {
-    let collateral = collateral_v4_json();
-    let json = bundle(V4, CCEL_LOG, Some(&collateral), &NONCE);
-    let observed = [0x33u8; 32];
-    let report = attestation::verify(&Inputs {
-        bundle_json: &json,
-        expected: None,
-        nonce_sent: &NONCE,
-        observed_tls_spki_sha256: Some(&observed),
-        now_unix_s: NOW_2023_07_01,
-        accept_simulated: false,
-    });
-    let rd = report.check("report_data").unwrap();
-    assert!(!rd.ok);
-    assert_eq!(
-        rd.expected,
-        hex::encode(cloister_protocol::report_data(&HPKE_KEY, &observed, &NONCE))
-    );
-    assert!(rd.detail.contains("another TLS key"), "{}", rd.detail);
-    // Without expected measurements, every register check fails and says why.
-    for name in ["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"] {
-        let c = report.check(name).unwrap();
-        assert!(
-            !c.ok && c.detail.contains("no expected measurements"),
-            "{c:?}"
+impl Case {
+    /// A case with the v4 production quote, its collateral, the COS event log, the nonce
+    /// sent, no expectations, no TLS key observed, at a time the collateral is valid.
+    fn v4(name: &'static str) -> Self {
+        Case {
+            name,
+            quote: V4.to_vec(),
+            log: CCEL_LOG,
+            collateral: true,
+            bundle_nonce: NONCE,
+            expected: None,
+            observed: None,
+            now: NOW_2023_07_01,
+            accept_simulated: false,
+            failing: None,
+            trust_root: None,
+            says: Vec::new(),
+        }
+    }
+
+    fn verify(&self) -> Report {
+        let collateral = self.collateral.then(collateral_v4_json);
+        let json = bundle(
+            &self.quote,
+            self.log,
+            collateral.as_deref(),
+            &self.bundle_nonce,
         );
+        attestation::verify(&Inputs {
+            bundle_json: &json,
+            expected: self.expected.as_ref(),
+            nonce_sent: &NONCE,
+            observed_tls_spki_sha256: self.observed.as_ref(),
+            now_unix_s: self.now,
+            accept_simulated: self.accept_simulated,
+        })
     }
 }
 
-#[test]
-fn a_register_missing_from_measurements_json_fails() {
-    let mut expected = registers_of(V4);
-    expected.rtmr0 = None;
-    let collateral = collateral_v4_json();
-    let json = bundle(V4, CCEL_LOG, Some(&collateral), &NONCE);
-    let report = attestation::verify(&Inputs {
-        bundle_json: &json,
-        expected: Some(&expected),
-        nonce_sent: &NONCE,
-        observed_tls_spki_sha256: None,
-        now_unix_s: NOW_2023_07_01,
-        accept_simulated: false,
-    });
-    let c = report.check("rtmr0").unwrap();
-    assert!(!c.ok);
-    assert!(c.detail.contains("gives no value for rtmr0"));
-    assert!(report.check("rtmr1").unwrap().ok);
+fn detail(text: &str) -> Says {
+    Says::Detail(text.to_owned())
 }
 
-#[test]
-fn cos_quote_replays_its_log_but_has_no_collateral_and_another_nonce() {
+/// The real quotes against each kind of expectation: none of them was made for a Cloister
+/// box, so no report passes, and each case pins which checks pass and what they say.
+fn cases() -> Vec<Case> {
+    let v4_report_data = hex::encode(Quote::parse(V4).unwrap().report.report_data);
+    let wrong_rtmr2 = {
+        let mut m = registers_of(V4);
+        m.rtmr2.as_mut().unwrap()[47] ^= 1;
+        m
+    };
+    let observed = [0x33u8; 32];
     let theirs = [0x77u8; 32];
-    let json = bundle(COS_QUOTE, CCEL_LOG, None, &theirs);
-    let expected = registers_of(COS_QUOTE);
-    let report = attestation::verify(&Inputs {
-        bundle_json: &json,
-        expected: Some(&expected),
-        nonce_sent: &NONCE,
-        observed_tls_spki_sha256: None,
-        now_unix_s: NOW_2023_07_01,
-        accept_simulated: false,
-    });
-    assert_eq!(
-        outcome(&report),
-        expect(&[
-            "debug_off",
-            "event_log",
-            "mrtd",
-            "rtmr0",
-            "rtmr1",
-            "rtmr2",
-            "rtmr3"
-        ])
-    );
-    let sig = report.check("quote_signature").unwrap();
-    assert_eq!(sig.actual, "no collateral");
-    assert!(sig.detail.contains("no collateral"));
-    // Values from an unverified quote are shown, and marked as unproven.
-    assert!(
-        report
-            .check("event_log")
-            .unwrap()
-            .detail
-            .contains("unproven")
-    );
-    assert!(report.check("mrtd").unwrap().detail.contains("unproven"));
-    assert_eq!(report.check("tcb_status").unwrap().actual, "unknown");
-    let nonce = report.check("nonce").unwrap();
-    assert_eq!(nonce.expected, hex::encode(NONCE));
-    assert_eq!(nonce.actual, hex::encode(theirs));
-    assert!(report.trust_root.is_empty());
+    // The COS log's own RTMR1 events, with one digest changed, as measurements.json lists
+    // them.
+    let cos_events_one_changed = {
+        let log = cloister_measurements::eventlog::EventLog::parse(CCEL_LOG).unwrap();
+        let mut m = registers_of(COS_QUOTE);
+        m.rtmr1.as_mut().unwrap()[0] ^= 1;
+        m.events.rtmr1 = log
+            .events
+            .iter()
+            .filter(|e| e.rtmr() == Some(1))
+            .map(|e| cloister_measurements::Event::new(e.description.clone(), &e.sha384.unwrap()))
+            .collect();
+        assert!(m.events.rtmr1.len() >= 2);
+        m.events.rtmr1[1].digest = "ab".repeat(48);
+        m
+    };
+    let flipped = {
+        let mut quote = V4.to_vec();
+        quote[48 + 136] ^= 1; // first byte of MRTD
+        quote
+    };
+    vec![
+        Case {
+            expected: Some(registers_of(V4)),
+            failing: Some(&["tcb_status", "event_log", "report_data"]),
+            trust_root: Some("Intel SGX Root CA"),
+            says: vec![
+                ("tcb_status", Says::Actual("NoMatchingTcbLevel".into())),
+                ("tcb_status", Says::ExpectedContains("UpToDate".into())),
+                // The COS event log belongs to another TD: it cannot replay to this quote's
+                // RTMRs.
+                ("event_log", detail("not the one behind this quote")),
+                ("event_log", Says::ExpectedIsNotActual),
+                // The report data check recomputes the binding with the values the box
+                // claims.
+                (
+                    "report_data",
+                    Says::Expected(hex::encode(cloister_protocol::report_data(
+                        &HPKE_KEY, &SPKI, &NONCE,
+                    ))),
+                ),
+                ("report_data", Says::Actual(v4_report_data)),
+                ("report_data", detail("TLS was not observed")),
+            ],
+            ..Case::v4("the production quote is signed by Intel but binds nothing of ours")
+        },
+        Case {
+            expected: Some(wrong_rtmr2.clone()),
+            observed: Some(SPKI),
+            // accept_simulated allows the simulation root; it does not make Intel's quote
+            // simulated.
+            accept_simulated: true,
+            failing: Some(&["tcb_status", "event_log", "rtmr2", "report_data"]),
+            says: vec![
+                (
+                    "rtmr2",
+                    Says::Expected(hex::encode(wrong_rtmr2.rtmr2.unwrap())),
+                ),
+                ("rtmr2", detail("does not run the expected image")),
+                ("report_data", detail("observed on this connection")),
+            ],
+            ..Case::v4("one wrong expected register fails that register only")
+        },
+        Case {
+            observed: Some(observed),
+            says: vec![
+                ("report_data", Says::Ok(false)),
+                (
+                    "report_data",
+                    Says::Expected(hex::encode(cloister_protocol::report_data(
+                        &HPKE_KEY, &observed, &NONCE,
+                    ))),
+                ),
+                ("report_data", detail("another TLS key")),
+                // Without expected measurements, every register check fails and says why.
+                ("mrtd", Says::Ok(false)),
+                ("mrtd", detail("no expected measurements")),
+                ("rtmr0", Says::Ok(false)),
+                ("rtmr0", detail("no expected measurements")),
+                ("rtmr1", Says::Ok(false)),
+                ("rtmr1", detail("no expected measurements")),
+                ("rtmr2", Says::Ok(false)),
+                ("rtmr2", detail("no expected measurements")),
+                ("rtmr3", Says::Ok(false)),
+                ("rtmr3", detail("no expected measurements")),
+            ],
+            ..Case::v4("the observed TLS key is used and a different claim is named")
+        },
+        Case {
+            expected: Some(Measurements {
+                rtmr0: None,
+                ..registers_of(V4)
+            }),
+            says: vec![
+                ("rtmr0", Says::Ok(false)),
+                ("rtmr0", detail("gives no value for rtmr0")),
+                ("rtmr1", Says::Ok(true)),
+            ],
+            ..Case::v4("a register missing from measurements.json fails")
+        },
+        Case {
+            quote: COS_QUOTE.to_vec(),
+            collateral: false,
+            bundle_nonce: theirs,
+            expected: Some(registers_of(COS_QUOTE)),
+            failing: Some(&["quote_signature", "tcb_status", "report_data", "nonce"]),
+            trust_root: Some(""),
+            says: vec![
+                ("quote_signature", Says::Actual("no collateral".into())),
+                ("quote_signature", detail("no collateral")),
+                // Values from an unverified quote are shown, and marked as unproven.
+                ("event_log", detail("unproven")),
+                ("mrtd", detail("unproven")),
+                ("tcb_status", Says::Actual("unknown".into())),
+                ("nonce", Says::Expected(hex::encode(NONCE))),
+                ("nonce", Says::Actual(hex::encode(theirs))),
+            ],
+            ..Case::v4("the COS quote replays its log but has no collateral and another nonce")
+        },
+        Case {
+            quote: COS_QUOTE.to_vec(),
+            collateral: false,
+            expected: Some(cos_events_one_changed),
+            says: vec![
+                ("rtmr1", Says::Ok(false)),
+                ("rtmr1", detail("event 2 of this register differs")),
+                ("rtmr1", detail(&"ab".repeat(48))),
+            ],
+            ..Case::v4("an expected event list names the first differing event")
+        },
+        Case {
+            now: 2_635_000_000, // 2053
+            accept_simulated: true,
+            says: vec![
+                ("quote_signature", Says::Ok(false)),
+                ("quote_signature", Says::Actual("does not verify".into())),
+                ("tcb_status", Says::Ok(false)),
+            ],
+            ..Case::v4("expired collateral fails the signature check")
+        },
+        Case {
+            expected: Some(registers_of(&flipped)),
+            quote: flipped,
+            says: vec![
+                ("quote_signature", Says::Ok(false)),
+                // The forged MRTD "matches" what the attacker chose, but is marked unproven
+                // (and the whole report fails, as every case's does).
+                ("mrtd", detail("unproven")),
+            ],
+            ..Case::v4("a flipped quote byte fails the signature check")
+        },
+    ]
 }
 
 #[test]
-fn an_expected_event_list_names_the_first_differing_event() {
-    // The COS log's own RTMR1 events, with one digest changed, as measurements.json lists them.
-    let log = cloister_measurements::eventlog::EventLog::parse(CCEL_LOG).unwrap();
-    let mut expected = registers_of(COS_QUOTE);
-    expected.rtmr1.as_mut().unwrap()[0] ^= 1;
-    expected.events.rtmr1 = log
-        .events
-        .iter()
-        .filter(|e| e.rtmr() == Some(1))
-        .map(|e| cloister_measurements::Event::new(e.description.clone(), &e.sha384.unwrap()))
-        .collect();
-    let count = expected.events.rtmr1.len();
-    assert!(count >= 2);
-    expected.events.rtmr1[1].digest = "ab".repeat(48);
-    let json = bundle(COS_QUOTE, CCEL_LOG, None, &NONCE);
-    let report = attestation::verify(&Inputs {
-        bundle_json: &json,
-        expected: Some(&expected),
-        nonce_sent: &NONCE,
-        observed_tls_spki_sha256: None,
-        now_unix_s: NOW_2023_07_01,
-        accept_simulated: false,
-    });
-    let c = report.check("rtmr1").unwrap();
-    assert!(!c.ok);
-    assert!(
-        c.detail.contains("event 2 of this register differs"),
-        "{}",
-        c.detail
-    );
-    assert!(c.detail.contains(&"ab".repeat(48)));
-}
-
-#[test]
-fn expired_collateral_fails_the_signature_check() {
-    const NOW_2053: u64 = 2_635_000_000;
-    let collateral = collateral_v4_json();
-    let json = bundle(V4, CCEL_LOG, Some(&collateral), &NONCE);
-    let report = attestation::verify(&Inputs {
-        bundle_json: &json,
-        expected: None,
-        nonce_sent: &NONCE,
-        observed_tls_spki_sha256: None,
-        now_unix_s: NOW_2053,
-        accept_simulated: true,
-    });
-    let sig = report.check("quote_signature").unwrap();
-    assert!(!sig.ok);
-    assert_eq!(sig.actual, "does not verify");
-    assert!(!report.check("tcb_status").unwrap().ok);
-}
-
-#[test]
-fn a_flipped_quote_byte_fails_the_signature_check() {
-    let collateral = collateral_v4_json();
-    let mut quote = V4.to_vec();
-    quote[48 + 136] ^= 1; // first byte of MRTD
-    let json = bundle(&quote, CCEL_LOG, Some(&collateral), &NONCE);
-    let expected = registers_of(&quote);
-    let report = attestation::verify(&Inputs {
-        bundle_json: &json,
-        expected: Some(&expected),
-        nonce_sent: &NONCE,
-        observed_tls_spki_sha256: None,
-        now_unix_s: NOW_2023_07_01,
-        accept_simulated: false,
-    });
-    assert!(!report.check("quote_signature").unwrap().ok);
-    // The forged MRTD "matches" what the attacker chose, but is marked unproven and the whole
-    // report fails.
-    assert!(report.check("mrtd").unwrap().detail.contains("unproven"));
-    assert!(!report.ok);
+fn each_real_quote_case_passes_and_fails_exactly_the_pinned_checks() {
+    for case in cases() {
+        let name = case.name;
+        let report = case.verify();
+        // No real quote was made for a Cloister box: nothing passes as a whole, nothing is
+        // simulated, and what the box serves is carried to the caller.
+        assert!(!report.ok, "{name}");
+        assert!(!report.simulated, "{name}");
+        assert_eq!(report.hpke_public_key, hex::encode(HPKE_KEY), "{name}");
+        assert_eq!(report.model, "smollm2-135m-instruct", "{name}");
+        if let Some(failing) = case.failing {
+            let passing: Vec<&str> = CHECK_NAMES
+                .into_iter()
+                .filter(|n| !failing.contains(n))
+                .collect();
+            assert_eq!(outcome(&report), expect(&passing), "{name}");
+        }
+        if let Some(root) = case.trust_root {
+            assert_eq!(report.trust_root, root, "{name}");
+        }
+        for (check, says) in &case.says {
+            let c = report
+                .check(check)
+                .unwrap_or_else(|| panic!("{name}: no check {check}"));
+            match says {
+                Says::Ok(ok) => assert_eq!(c.ok, *ok, "{name}: {c:?}"),
+                Says::Expected(text) => assert_eq!(&c.expected, text, "{name}: {c:?}"),
+                Says::ExpectedContains(text) => {
+                    assert!(c.expected.contains(text), "{name}: {c:?}")
+                }
+                Says::Actual(text) => assert_eq!(&c.actual, text, "{name}: {c:?}"),
+                Says::Detail(text) => assert!(c.detail.contains(text), "{name}: {c:?}"),
+                Says::ExpectedIsNotActual => assert_ne!(c.expected, c.actual, "{name}: {c:?}"),
+            }
+        }
+    }
 }
 
 #[test]
