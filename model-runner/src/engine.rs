@@ -43,6 +43,68 @@ impl Default for EngineConfig {
     }
 }
 
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// The CPU kernels (always built).
+    #[default]
+    Cpu,
+    /// The CUDA device with this ordinal (needs the cargo feature `cuda`).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// `cpu`, `cuda` (device 0) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?}: use cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Why the engine cannot run on the device asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(
+        "this model-runner was built without CUDA support: rebuild with `--features cuda`, or use --device cpu"
+    )]
+    CudaNotBuilt,
+    #[cfg(feature = "cuda")]
+    #[error("cannot run on the GPU")]
+    Cuda(#[from] crate::cuda::CudaError),
+}
+
+/// Where the engine's forward passes run, with the KV memory they use.
+#[derive(Debug)]
+enum Backend {
+    Cpu {
+        store: KvStore,
+        scratch: Scratch,
+    },
+    #[cfg(feature = "cuda")]
+    Cuda {
+        model: Box<crate::cuda::CudaModel>,
+        store: crate::cuda::CudaKvStore,
+    },
+}
+
 /// Why a sequence ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -117,11 +179,10 @@ pub struct Engine {
     model: Arc<Model>,
     config: EngineConfig,
     stop_tokens: Vec<u32>,
-    store: KvStore,
+    backend: Backend,
     pool: BlockPool,
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
-    scratch: Scratch,
     pub stats: EngineStats,
 }
 
@@ -133,16 +194,64 @@ impl Engine {
             config.block_tokens,
             config.kv_blocks,
         );
+        let backend = Backend::Cpu {
+            store,
+            scratch: Scratch::default(),
+        };
+        Engine::with_backend(model, stop_tokens, config, backend)
+    }
+
+    /// An engine running on `device`, its KV pool allocated there now. A GPU that cannot be
+    /// used is an error, never a fall back to the CPU.
+    pub fn on_device(
+        model: Arc<Model>,
+        stop_tokens: Vec<u32>,
+        config: EngineConfig,
+        device: Device,
+    ) -> Result<Engine, DeviceError> {
+        match device {
+            Device::Cpu => Ok(Engine::new(model, stop_tokens, config)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => {
+                let dev = crate::cuda::CudaDevice::open(ordinal)?;
+                let gpu = crate::cuda::CudaModel::upload(&dev, &model)?;
+                let store = gpu.new_kv(config.block_tokens, config.kv_blocks)?;
+                tracing::info!(device = %dev.name, ordinal, "the model runs on the GPU");
+                let backend = Backend::Cuda {
+                    model: Box::new(gpu),
+                    store,
+                };
+                Ok(Engine::with_backend(model, stop_tokens, config, backend))
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(DeviceError::CudaNotBuilt),
+        }
+    }
+
+    fn with_backend(
+        model: Arc<Model>,
+        stop_tokens: Vec<u32>,
+        config: EngineConfig,
+        backend: Backend,
+    ) -> Engine {
         Engine {
             pool: BlockPool::new(config.kv_blocks, config.block_tokens),
-            store,
+            backend,
             model,
             config,
             stop_tokens,
             waiting: VecDeque::new(),
             running: Vec::new(),
-            scratch: Scratch::default(),
             stats: EngineStats::default(),
+        }
+    }
+
+    /// The device the forward passes run on.
+    pub fn device(&self) -> Device {
+        match &self.backend {
+            Backend::Cpu { .. } => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda { model, .. } => Device::Cuda(model.device().ordinal()),
         }
     }
 
@@ -376,18 +485,48 @@ impl Engine {
                 logit_owner.push(i);
             }
         }
-        let tables: Vec<&[BlockId]> = token_seq
-            .iter()
-            .map(|&i| self.running[i].table.as_slice())
-            .collect();
-        let mut kv = PagedKv {
-            store: &mut self.store,
-            positions: &positions,
-            tables,
+        let logits = match &mut self.backend {
+            Backend::Cpu { store, scratch } => {
+                let tables: Vec<&[BlockId]> = token_seq
+                    .iter()
+                    .map(|&i| self.running[i].table.as_slice())
+                    .collect();
+                let mut kv = PagedKv {
+                    store,
+                    positions: &positions,
+                    tables,
+                };
+                self.model
+                    .forward(&tokens, &positions, &mut kv, &logit_rows, scratch)?
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda { model, store } => {
+                // The same flat batch: per token its slot and sequence, per sequence its table.
+                let bt = self.config.block_tokens;
+                let seq_tables: Vec<&[BlockId]> = plan
+                    .iter()
+                    .map(|&(i, _)| self.running[i].table.as_slice())
+                    .collect();
+                let mut seq_of_plan = vec![0u32; self.running.len()];
+                for (k, &(i, _)) in plan.iter().enumerate() {
+                    seq_of_plan[i] = k as u32;
+                }
+                let token_seq: Vec<u32> = token_seq.iter().map(|&i| seq_of_plan[i]).collect();
+                let slots: Vec<usize> = positions
+                    .iter()
+                    .zip(&token_seq)
+                    .map(|(&p, &s)| seq_tables[s as usize][p / bt] as usize * bt + p % bt)
+                    .collect();
+                let batch = crate::cuda::FlatBatch {
+                    tokens: &tokens,
+                    positions: &positions,
+                    slots: &slots,
+                    token_seq: &token_seq,
+                    tables: &seq_tables,
+                };
+                model.forward(store, &batch, &logit_rows)?
+            }
         };
-        let logits =
-            self.model
-                .forward(&tokens, &positions, &mut kv, &logit_rows, &mut self.scratch)?;
         self.stats.steps += 1;
         self.stats.computed_tokens += tokens.len() as u64;
         let bt = self.config.block_tokens;

@@ -5,6 +5,8 @@
 #![deny(unsafe_code)]
 
 pub mod bench;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod gguf;
 pub mod kv;

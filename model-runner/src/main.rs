@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use cloister_model_runner::engine::EngineConfig;
+use cloister_model_runner::engine::{Device, EngineConfig};
 use cloister_model_runner::kv::KvStore;
 use cloister_model_runner::model::Model;
 use cloister_model_runner::server::{ApiLimits, AppState, router, serve_tcp, serve_unix};
@@ -56,6 +56,11 @@ struct Args {
     /// Largest prompt text, in bytes.
     #[arg(long, default_value_t = 256 << 10)]
     max_prompt_bytes: usize,
+    /// Where the model runs: cpu, cuda (GPU 0) or cuda:N. The GPU is never given up for
+    /// the CPU silently: a GPU that cannot be used stops the start. Shown only in builds
+    /// with the `cuda` feature; other builds refuse cuda with a clear message.
+    #[arg(long, default_value = "cpu", hide = !cfg!(feature = "cuda"))]
+    device: Device,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -70,6 +75,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.listen.is_none() && args.socket.is_none() {
         bail!("give --listen ADDR, --socket PATH, or both");
+    }
+    if matches!(args.device, Device::Cuda(_)) && !cfg!(feature = "cuda") {
+        bail!(
+            "--device {}: this model-runner was built without CUDA support (cargo feature `cuda`); use --device cpu or a build with --features cuda",
+            args.device
+        );
     }
     if args.block_tokens == 0 || args.max_batch_tokens == 0 || args.max_running == 0 {
         bail!("--block-tokens, --max-batch-tokens and --max-running must be above 0");
@@ -132,10 +143,17 @@ async fn main() -> anyhow::Result<()> {
         max_queued_requests: args.max_queued_requests,
         max_queued_tokens: args.max_queued_tokens,
     };
-    let runner = Runner::start(&loaded, config);
+    let device = args.device;
+    let runner = tokio::task::spawn_blocking(move || {
+        Runner::start_on(&loaded, config, device).map(|r| (r, loaded))
+    })
+    .await?
+    .with_context(|| format!("cannot start the engine on {device}"))?;
+    let (runner, loaded) = runner;
     tracing::info!(
         load_ms = started.elapsed().as_millis() as u64,
         kernel = ?loaded.model.kernel,
+        %device,
         threads,
         kv_blocks,
         kv_tokens = kv_blocks * args.block_tokens,

@@ -56,6 +56,9 @@ pub enum ModelError {
     BadToken(u32),
     #[error("position {0} is past the longest context served")]
     TooLong(usize),
+    /// The GPU failed (a driver or launch error) while running the model.
+    #[error("the GPU failed: {0}")]
+    Device(String),
 }
 
 /// The shape of a llama-family model.
@@ -89,16 +92,16 @@ impl ModelConfig {
 }
 
 #[derive(Debug)]
-struct Layer {
-    attn_norm: Vec<f32>,
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Vec<f32>,
     /// Q, K and V stacked: heads*hd + 2*kv_heads*hd rows.
-    qkv: Weights,
-    qkv_bias: Option<Vec<f32>>,
-    wo: Weights,
-    ffn_norm: Vec<f32>,
+    pub(crate) qkv: Weights,
+    pub(crate) qkv_bias: Option<Vec<f32>>,
+    pub(crate) wo: Weights,
+    pub(crate) ffn_norm: Vec<f32>,
     /// Gate and up stacked: 2*ffn rows.
-    gate_up: Weights,
-    down: Weights,
+    pub(crate) gate_up: Weights,
+    pub(crate) down: Weights,
 }
 
 /// A loaded model, ready to run.
@@ -106,13 +109,13 @@ struct Layer {
 pub struct Model {
     pub config: ModelConfig,
     pub kernel: Kernel,
-    embed: Weights,
+    pub(crate) embed: Weights,
     /// None when the output projection is tied to the embedding.
-    output: Option<Weights>,
-    output_norm: Vec<f32>,
-    layers: Vec<Layer>,
-    rope_cos: Vec<f32>,
-    rope_sin: Vec<f32>,
+    pub(crate) output: Option<Weights>,
+    pub(crate) output_norm: Vec<f32>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) rope_cos: Vec<f32>,
+    pub(crate) rope_sin: Vec<f32>,
     pool: ComputePool,
 }
 
@@ -798,7 +801,7 @@ fn rms_norm_row(row: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 
 /// Scaled dot-product attention of one query head over runs of cached keys and values, in
 /// position order. The paged and contiguous paths both end here, so they agree exactly.
-fn attend(
+pub(crate) fn attend(
     kernel: Kernel,
     q: &[f32],
     scale: f32,

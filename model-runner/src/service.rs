@@ -309,6 +309,26 @@ impl Runner {
             loaded.tokenizer.stop_tokens.clone(),
             config.engine,
         );
+        Runner::start_engine(loaded, config, engine)
+    }
+
+    /// As [`Runner::start`], with the engine on `device`; an error when that device cannot
+    /// be used (never a fall back to the CPU).
+    pub fn start_on(
+        loaded: &LoadedModel,
+        config: ServiceConfig,
+        device: crate::engine::Device,
+    ) -> Result<Arc<Runner>, crate::engine::DeviceError> {
+        let engine = Engine::on_device(
+            loaded.model.clone(),
+            loaded.tokenizer.stop_tokens.clone(),
+            config.engine,
+            device,
+        )?;
+        Ok(Runner::start_engine(loaded, config, engine))
+    }
+
+    fn start_engine(loaded: &LoadedModel, config: ServiceConfig, engine: Engine) -> Arc<Runner> {
         let metrics = Arc::new(Metrics::default());
         metrics
             .kv_blocks_free
