@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::{OpenDatabaseError, open_database};
+use crate::store::{OpenDatabaseError, lock_connection, on_blocking_pool, open_database};
 
 /// The history database's file name inside the state folder.
 pub const HISTORY_FILE_NAME: &str = "chat-history.sqlite3";
@@ -191,17 +191,11 @@ impl History {
         T: Send + 'static,
         F: FnOnce(&History) -> Result<T, HistoryError> + Send + 'static,
     {
-        let history = Arc::clone(self);
-        tokio::task::spawn_blocking(move || work(&history))
-            .await
-            .map_err(|_| HistoryError::Interrupted)?
+        on_blocking_pool(self, work, HistoryError::Interrupted).await
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
-        // SQLite rolls back a transaction cut short by a panic, so a poisoned lock is safe.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_connection(&self.connection)
     }
 
     /// The owner's policy (the default when never set).

@@ -258,6 +258,35 @@ pub fn open_database(
     Ok(connection)
 }
 
+/// Runs `work` on tokio's blocking pool with its own handle to `database`, so that an
+/// `fsync` never holds up an async worker thread; `interrupted` is the error when the task
+/// panicked or was cancelled. What [`Store::call`] and `History::call` do. Needs a tokio
+/// runtime.
+pub(crate) async fn on_blocking_pool<D, T, E, F>(
+    database: &Arc<D>,
+    work: F,
+    interrupted: E,
+) -> Result<T, E>
+where
+    D: Send + Sync + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce(&D) -> Result<T, E> + Send + 'static,
+{
+    let database = Arc::clone(database);
+    tokio::task::spawn_blocking(move || work(&database))
+        .await
+        .map_err(|_| interrupted)?
+}
+
+/// Locks a database's connection. A panic while holding the lock cannot leave a
+/// half-written transaction (SQLite rolls back), so a poisoned lock is still safe to use.
+pub(crate) fn lock_connection(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    connection
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn user_id_from_blob(blob: Vec<u8>) -> Result<[u8; 16], StoreError> {
     blob.try_into()
         .map_err(|_| StoreError::Damaged("a user id is not 16 bytes"))
@@ -295,18 +324,11 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
-        let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .map_err(|_| StoreError::Interrupted)?
+        on_blocking_pool(self, work, StoreError::Interrupted).await
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a half-written transaction (SQLite rolls
-        // back), so a poisoned lock is still safe to use.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_connection(&self.connection)
     }
 
     // ---- setup code -------------------------------------------------------------------
