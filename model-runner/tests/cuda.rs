@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use cloister_model_runner::cuda::{
-    CudaDevice, CudaKvStore, CudaModel, FlatBatch, cpu_paged_attention, device_count,
+    CudaDevice, CudaError, CudaKvStore, CudaModel, FlatBatch, compile_kernels, cpu_paged_attention,
+    device_count,
 };
 use cloister_model_runner::engine::{Device, Engine, EngineConfig};
 use cloister_model_runner::kv::{BlockId, KvShape, KvStore};
@@ -482,4 +483,25 @@ fn synthetic_model_is_a_fair_stand_in_on_the_cpu() {
         "only {} distinct tokens",
         distinct.len()
     );
+}
+
+/// NVRTC compiles the kernels for the GPUs we target, with or without a GPU: runs wherever
+/// libnvrtc loads (e.g. from the `nvidia-cuda-nvrtc-cu12` wheel on LD_LIBRARY_PATH).
+#[test]
+fn kernels_compile_with_nvrtc() {
+    let required = std::env::var("CLOISTER_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+    for arch in ["compute_80", "compute_90"] {
+        match compile_kernels(arch) {
+            Ok(ptx) => {
+                for name in ["matmul_q4", "paged_attention", "quantize_q8", "copy_block"] {
+                    assert!(ptx.contains(&format!(".entry {name}")), "{arch}: no {name}");
+                }
+            }
+            Err(CudaError::NoNvrtc) if !required => {
+                eprintln!("SKIPPED: no CUDA device or libnvrtc to compile with");
+                return;
+            }
+            Err(e) => panic!("{arch}: {e}"),
+        }
+    }
 }

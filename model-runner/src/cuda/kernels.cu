@@ -270,7 +270,7 @@ extern "C" __global__ void paged_attention(const float* __restrict__ q, int q_st
     }
     const int* table = tables + (long)token_seq[t] * max_blocks;
     const int ctx = ctx_lens[t];
-    float m = -INFINITY, l = 0.0f;
+    float m = __int_as_float(0xff800000), l = 0.0f;  // -infinity
     for (int p = 0; p < ctx; p++) {
         const long block = table[p / block_tokens];
         const long base = (((long)layer * blocks + block) * kv_heads + kvh) * block_tokens * head_dim

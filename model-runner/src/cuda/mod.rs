@@ -91,6 +91,28 @@ pub fn device_count() -> Result<usize, CudaError> {
     guarded(|| Ok(CudaContext::device_count()?.max(0) as usize))
 }
 
+fn compile(arch: &str) -> Result<Ptx, CudaError> {
+    let opts = CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}")],
+        name: Some("kernels.cu".into()),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(KERNELS_SOURCE, opts).map_err(|e| CudaError::Compile {
+        arch: arch.into(),
+        message: e.to_string(),
+    })
+}
+
+/// Compiles the kernels with NVRTC for `arch` (e.g. `compute_90`) without any device or
+/// driver, returning the PTX text: checks the CUDA source where there is no GPU.
+pub fn compile_kernels(arch: &str) -> Result<String, CudaError> {
+    // SAFETY: only tries to dlopen the NVRTC library; nothing is called in it.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::NoNvrtc);
+    }
+    guarded(|| Ok(compile(arch)?.to_src()))
+}
+
 /// The kernels, compiled and loaded on one device.
 struct Kernels {
     embed_q8: CudaFunction,
@@ -144,18 +166,7 @@ impl CudaDevice {
             let compute_capability = ctx.compute_capability()?;
             let name = ctx.name()?;
             let arch = format!("compute_{}{}", compute_capability.0, compute_capability.1);
-            let opts = CompileOptions {
-                options: vec![format!("--gpu-architecture={arch}")],
-                name: Some("kernels.cu".into()),
-                ..Default::default()
-            };
-            let ptx: Ptx =
-                cudarc::nvrtc::compile_ptx_with_opts(KERNELS_SOURCE, opts).map_err(|e| {
-                    CudaError::Compile {
-                        arch: arch.clone(),
-                        message: e.to_string(),
-                    }
-                })?;
+            let ptx = compile(&arch)?;
             let module = ctx.load_module(ptx)?;
             let f = |name: &str| module.load_function(name);
             let k = Kernels {
