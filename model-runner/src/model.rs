@@ -137,6 +137,67 @@ pub struct Scratch {
     transposed: Vec<f32>,
     act: Vec<f32>,
     xq: Q8Matrix,
+    /// When set, the stages of layer 0 and of the output are recorded here (diagnostics).
+    trace: Option<Vec<(String, Vec<f32>)>>,
+}
+
+impl Scratch {
+    /// Scratch that also records, in order, every stage of layer 0 and of the output (for
+    /// comparing another implementation stage by stage): `embedding`, `attn_norm`, its
+    /// 8-bit quantization (`attn_norm.q8`, `.q8_scales`, `.q8_sums`), `qkv`, `rope`,
+    /// `attention` (+ q8), `attn_output`, `attn_residual`, `ffn_norm` (+ q8), `gate_up`,
+    /// `swiglu` (+ q8), `down`, `ffn_residual`, then `output_norm` (+ q8) and `logits`.
+    /// Each is the whole batch's values, row-major by token.
+    pub fn tracing() -> Scratch {
+        Scratch {
+            trace: Some(Vec::new()),
+            ..Scratch::default()
+        }
+    }
+
+    /// The stages recorded since the last call (empty unless made by [`Scratch::tracing`]).
+    pub fn take_trace(&mut self) -> Vec<(String, Vec<f32>)> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+}
+
+fn record(trace: &mut Option<Vec<(String, Vec<f32>)>>, name: &str, values: &[f32]) {
+    if let Some(t) = trace {
+        t.push((name.to_owned(), values.to_vec()));
+    }
+}
+
+/// Records the 8-bit activations last fed to a matrix product (`rows` rows).
+fn record_q8(trace: &mut Option<Vec<(String, Vec<f32>)>>, name: &str, xq: &Q8Matrix, rows: usize) {
+    if trace.is_none() {
+        return;
+    }
+    let blocks = rows * xq.cols / Q8_BLOCK;
+    let quants: Vec<f32> = xq.quants[..rows * xq.cols]
+        .iter()
+        .map(|&q| f32::from(q))
+        .collect();
+    record(trace, &format!("{name}.q8"), &quants);
+    record(trace, &format!("{name}.q8_scales"), &xq.scales[..blocks]);
+    record(trace, &format!("{name}.q8_sums"), &xq.block_sums[..blocks]);
+}
+
+/// Records `rows` rows of `width` values made by `f(row, out)`.
+fn record_rows(
+    trace: &mut Option<Vec<(String, Vec<f32>)>>,
+    name: &str,
+    rows: usize,
+    width: usize,
+    f: impl Fn(usize, &mut [f32]),
+) {
+    if trace.is_none() {
+        return;
+    }
+    let mut v = vec![0.0f32; rows * width];
+    for (t, out) in v.chunks_exact_mut(width).enumerate() {
+        f(t, out);
+    }
+    record(trace, name, &v);
 }
 
 /// Where a forward pass keeps and reads keys and values.
@@ -591,12 +652,18 @@ impl Model {
                 source,
             })?;
         }
+        let mut trace = s.trace.take();
+        record(&mut trace, "embedding", &s.x);
         for (l, layer) in self.layers.iter().enumerate() {
+            // Layer 0's stages are recorded when tracing.
+            let mut no_trace = None;
+            let tr = if l == 0 { &mut trace } else { &mut no_trace };
             // Attention.
             let x = &s.x;
             let norm = |t: usize, out: &mut [f32]| {
                 rms_norm_row(&x[t * d..(t + 1) * d], &layer.attn_norm, c.rms_eps, out)
             };
+            record_rows(tr, "attn_norm", n, d, norm);
             self.matmul(
                 &layer.qkv,
                 d,
@@ -606,17 +673,20 @@ impl Model {
                 &mut s.xq,
                 &mut s.transposed,
             );
+            record_q8(tr, "attn_norm", &s.xq, n);
             if let Some(b) = &layer.qkv_bias {
                 for row in s.qkv.chunks_exact_mut(qkv_width) {
                     row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
                 }
             }
+            record(tr, "qkv", &s.qkv);
             for (t, row) in s.qkv.chunks_exact_mut(qkv_width).enumerate() {
                 let p = positions[t];
                 let (q, rest) = row.split_at_mut(q_width);
                 self.rope(q, p);
                 self.rope(&mut rest[..kv_width], p);
             }
+            record(tr, "rope", &s.qkv);
             for (t, row) in s.qkv.chunks_exact(qkv_width).enumerate() {
                 kv.write(
                     l,
@@ -644,6 +714,7 @@ impl Model {
                         attend(kernel, q, scale, &runs, &mut scores, out);
                     }
                 });
+            record(tr, "attention", &s.attn);
             let attn = &s.attn;
             let copy = |t: usize, out: &mut [f32]| {
                 out.copy_from_slice(&attn[t * q_width..(t + 1) * q_width])
@@ -657,12 +728,16 @@ impl Model {
                 &mut s.xq,
                 &mut s.transposed,
             );
+            record_q8(tr, "attention", &s.xq, n);
+            record(tr, "attn_output", &s.big);
             s.x.iter_mut().zip(&s.big).for_each(|(x, o)| *x += o);
+            record(tr, "attn_residual", &s.x);
             // Feed-forward.
             let x = &s.x;
             let norm = |t: usize, out: &mut [f32]| {
                 rms_norm_row(&x[t * d..(t + 1) * d], &layer.ffn_norm, c.rms_eps, out)
             };
+            record_rows(tr, "ffn_norm", n, d, norm);
             self.matmul(
                 &layer.gate_up,
                 d,
@@ -672,15 +747,16 @@ impl Model {
                 &mut s.xq,
                 &mut s.transposed,
             );
+            record_q8(tr, "ffn_norm", &s.xq, n);
+            record(tr, "gate_up", &s.act);
             // SwiGLU, fused into the quantization of the down projection's input.
             let gate_up = &s.act;
             let ffn = c.ffn;
             let swiglu = |t: usize, out: &mut [f32]| {
                 let (g, u) = gate_up[t * 2 * ffn..(t + 1) * 2 * ffn].split_at(ffn);
-                for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
+                swiglu_row(g, u, out);
             };
+            record_rows(tr, "swiglu", n, ffn, swiglu);
             self.matmul(
                 &layer.down,
                 ffn,
@@ -690,7 +766,10 @@ impl Model {
                 &mut s.xq,
                 &mut s.transposed,
             );
+            record_q8(tr, "swiglu", &s.xq, n);
+            record(tr, "down", &s.big);
             s.x.iter_mut().zip(&s.big).for_each(|(x, o)| *x += o);
+            record(tr, "ffn_residual", &s.x);
         }
         // Only the rows that need logits go through the (large) output projection.
         let mut last = Vec::with_capacity(logit_rows.len() * d);
@@ -703,6 +782,7 @@ impl Model {
             rms_norm_row(&last[t * d..(t + 1) * d], &self.output_norm, c.rms_eps, out)
         };
         let rows = logit_rows.len();
+        record_rows(&mut trace, "output_norm", rows, d, norm);
         self.matmul(
             head,
             d,
@@ -712,6 +792,9 @@ impl Model {
             &mut s.xq,
             &mut s.transposed,
         );
+        record_q8(&mut trace, "output_norm", &s.xq, rows);
+        record(&mut trace, "logits", &logits);
+        s.trace = trace;
         Ok(logits)
     }
 
@@ -791,6 +874,20 @@ impl Model {
 /// thread: handing them out costs more than the work.
 const PARALLEL_INPUT_TOKENS: usize = 4;
 
+/// `e^x` in f32, taken in f64 and rounded once: the correctly rounded value (but for
+/// vanishingly rare cases), which the CUDA kernels compute too, so the two paths agree bit for
+/// bit (f32's own `exp` differs from the GPU's in the last bit now and then).
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    f64::from(x).exp() as f32
+}
+
+/// SwiGLU of one token: `silu(gate) * up`.
+fn swiglu_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + exp_f32(-g)) * u;
+    }
+}
+
 fn rms_norm_row(row: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
     let inv = 1.0 / (ms + eps).sqrt();
@@ -819,7 +916,7 @@ pub(crate) fn attend(
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0.0;
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
+        *s = exp_f32(*s - max);
         sum += *s;
     }
     let inv = 1.0 / sum;

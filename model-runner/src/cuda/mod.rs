@@ -93,7 +93,8 @@ pub fn device_count() -> Result<usize, CudaError> {
 
 fn compile(arch: &str) -> Result<Ptx, CudaError> {
     let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}")],
+        // No fused multiply-adds: the CPU's arithmetic has none (see kernels.cu).
+        options: vec![format!("--gpu-architecture={arch}"), "--fmad=false".into()],
         name: Some("kernels.cu".into()),
         ..Default::default()
     };
@@ -556,6 +557,8 @@ pub struct CudaModel {
     rope_cos: CudaSlice<f32>,
     rope_sin: CudaSlice<f32>,
     buf: Buffers,
+    /// When set, the stages of layer 0 and of the output are recorded here (diagnostics).
+    trace: Option<Vec<(String, Vec<f32>)>>,
 }
 
 impl std::fmt::Debug for CudaModel {
@@ -615,6 +618,7 @@ impl CudaModel {
             rope_cos: dev.upload(&model.rope_cos)?,
             rope_sin: dev.upload(&model.rope_sin)?,
             buf: Buffers::default(),
+            trace: None,
             dev: dev.clone(),
         })
     }
@@ -678,6 +682,22 @@ impl CudaModel {
             return Ok(Vec::new());
         }
         guarded(|| self.run(kv, batch, logit_rows)).map_err(ModelError::from)
+    }
+
+    /// As [`CudaModel::forward`], also returning the stages of layer 0 and of the output
+    /// under the names and in the layout [`Scratch::tracing`](crate::model::Scratch::tracing)
+    /// gives them on the CPU, to find the first stage where the two paths part.
+    #[allow(clippy::type_complexity)]
+    pub fn forward_traced(
+        &mut self,
+        kv: &mut CudaKvStore,
+        batch: &FlatBatch,
+        logit_rows: &[usize],
+    ) -> Result<(Vec<f32>, Vec<(String, Vec<f32>)>), ModelError> {
+        self.trace = Some(Vec::new());
+        let logits = self.forward(kv, batch, logit_rows);
+        let trace = self.trace.take().unwrap_or_default();
+        Ok((logits?, trace))
     }
 
     fn check(
@@ -762,6 +782,7 @@ impl CudaModel {
         let b = &mut self.buf;
         let di = d as i32;
         let eps = c.rms_eps;
+        let mut trace = self.trace.take();
 
         // Embedding rows.
         {
@@ -787,8 +808,12 @@ impl CudaModel {
             // SAFETY: matches embed_q8/embed_q4; token ids were checked against the vocabulary.
             unsafe { l.launch(cfg_rows(n, THREADS_PER_ROW_KERNEL)) }?;
         }
+        snap(st, &mut trace, "embedding", &b.x, n * d)?;
 
         for (li, layer) in self.layers.iter().enumerate() {
+            // Layer 0's stages are recorded when tracing.
+            let mut no_trace = None;
+            let tr = if li == 0 { &mut trace } else { &mut no_trace };
             // Attention: norm, QKV, bias, RoPE, cache write, paged attention, output + residual.
             norm(
                 st,
@@ -802,6 +827,7 @@ impl CudaModel {
                 d,
                 eps,
             )?;
+            snap(st, tr, "attn_norm", &b.normed, n * d)?;
             quantize(
                 st,
                 k,
@@ -811,6 +837,7 @@ impl CudaModel {
                 buf(&mut b.xsum),
                 n * d,
             )?;
+            snap_q8(st, tr, "attn_norm", b, n * d)?;
             matmul(st, k, &layer.qkv, d, b, n, Target::Qkv, 0, false)?;
             if let Some(bias) = &layer.qkv_bias {
                 let w = qkv_width as i32;
@@ -819,6 +846,7 @@ impl CudaModel {
                 // SAFETY: matches add_bias; the bias holds qkv_width values.
                 unsafe { l.launch(cfg_rows(n, THREADS_PER_ROW_KERNEL)) }?;
             }
+            snap(st, tr, "qkv", &b.qkv, n * qkv_width)?;
             {
                 let (rw, rh, hdi, neox) = (
                     qkv_width as i32,
@@ -839,6 +867,7 @@ impl CudaModel {
                 // the tables cover.
                 unsafe { l.launch(cfg_rows(n, 128)) }?;
             }
+            snap(st, tr, "rope", &b.qkv, n * qkv_width)?;
             {
                 let (lay, blocks, bt, kvh, hdi, rw, koff, voff) = (
                     li as i32,
@@ -880,6 +909,7 @@ impl CudaModel {
                 c.heads,
                 n,
             )?;
+            snap(st, tr, "attention", &b.attn, n * q_width)?;
             quantize(
                 st,
                 k,
@@ -889,7 +919,14 @@ impl CudaModel {
                 buf(&mut b.xsum),
                 n * q_width,
             )?;
+            snap_q8(st, tr, "attention", b, n * q_width)?;
+            if tr.is_some() {
+                // The output projection alone, into a buffer free at this point.
+                matmul(st, k, &layer.wo, q_width, b, n, Target::GateUp, 0, false)?;
+                snap(st, tr, "attn_output", &b.gate_up, n * d)?;
+            }
             matmul(st, k, &layer.wo, q_width, b, n, Target::X, 0, true)?;
+            snap(st, tr, "attn_residual", &b.x, n * d)?;
             // Feed-forward: norm, gate and up, SwiGLU, down + residual.
             norm(
                 st,
@@ -903,6 +940,7 @@ impl CudaModel {
                 d,
                 eps,
             )?;
+            snap(st, tr, "ffn_norm", &b.normed, n * d)?;
             quantize(
                 st,
                 k,
@@ -912,7 +950,9 @@ impl CudaModel {
                 buf(&mut b.xsum),
                 n * d,
             )?;
+            snap_q8(st, tr, "ffn_norm", b, n * d)?;
             matmul(st, k, &layer.gate_up, d, b, n, Target::GateUp, 0, false)?;
+            snap(st, tr, "gate_up", &b.gate_up, n * 2 * c.ffn)?;
             {
                 let f = c.ffn as i32;
                 let mut l = st.launch_builder(&k.silu_mul);
@@ -920,6 +960,7 @@ impl CudaModel {
                 // SAFETY: matches silu_mul; both buffers hold n rows.
                 unsafe { l.launch(cfg_rows(n, THREADS_PER_ROW_KERNEL)) }?;
             }
+            snap(st, tr, "swiglu", &b.act, n * c.ffn)?;
             quantize(
                 st,
                 k,
@@ -929,10 +970,18 @@ impl CudaModel {
                 buf(&mut b.xsum),
                 n * c.ffn,
             )?;
+            snap_q8(st, tr, "swiglu", b, n * c.ffn)?;
+            if tr.is_some() {
+                // The down projection alone, into a buffer free at this point.
+                matmul(st, k, &layer.down, c.ffn, b, n, Target::Qkv, 0, false)?;
+                snap(st, tr, "down", &b.qkv, n * d)?;
+            }
             matmul(st, k, &layer.down, c.ffn, b, n, Target::X, 0, true)?;
+            snap(st, tr, "ffn_residual", &b.x, n * d)?;
         }
         if rows == 0 {
             dev.finish()?;
+            self.trace = trace;
             return Ok(Vec::new());
         }
         // Logits for the requested rows only: gather + norm, quantize, output projection.
@@ -948,6 +997,7 @@ impl CudaModel {
             d,
             eps,
         )?;
+        snap(st, &mut trace, "output_norm", &b.normed, rows * d)?;
         quantize(
             st,
             k,
@@ -957,14 +1007,73 @@ impl CudaModel {
             buf(&mut b.xsum),
             rows * d,
         )?;
+        snap_q8(st, &mut trace, "output_norm", b, rows * d)?;
         let head = self.output.as_ref().unwrap_or(&self.embed);
         matmul(st, k, head, d, b, rows, Target::Logits, 0, false)?;
         let logits = buf(&mut b.logits);
         let mut host = vec![0.0f32; rows * c.vocab];
         st.memcpy_dtoh(&logits.slice(..rows * c.vocab), &mut host)?;
         dev.finish()?;
+        if let Some(t) = &mut trace {
+            t.push(("logits".to_owned(), host.clone()));
+        }
+        self.trace = trace;
         Ok(host)
     }
+}
+
+type Trace = Option<Vec<(String, Vec<f32>)>>;
+
+/// Records the first `len` values of `src` under `name` when tracing.
+fn snap(
+    st: &Arc<CudaStream>,
+    trace: &mut Trace,
+    name: &str,
+    src: &Option<CudaSlice<f32>>,
+    len: usize,
+) -> Result<(), CudaError> {
+    if let (Some(t), Some(src)) = (trace.as_mut(), src) {
+        let mut host = vec![0.0f32; len];
+        st.memcpy_dtoh(&src.slice(..len), &mut host)?;
+        st.synchronize()?;
+        t.push((name.to_owned(), host));
+    }
+    Ok(())
+}
+
+/// Records the 8-bit activations of `len` values (quants, scales, block sums) when tracing,
+/// as the CPU's trace does.
+fn snap_q8(
+    st: &Arc<CudaStream>,
+    trace: &mut Trace,
+    name: &str,
+    b: &Buffers,
+    len: usize,
+) -> Result<(), CudaError> {
+    let (Some(t), Some(xq)) = (trace.as_mut(), &b.xq) else {
+        return Ok(());
+    };
+    let mut q = vec![0i8; len];
+    st.memcpy_dtoh(&xq.slice(..len), &mut q)?;
+    st.synchronize()?;
+    t.push((
+        format!("{name}.q8"),
+        q.iter().map(|&v| f32::from(v)).collect(),
+    ));
+    snap(
+        st,
+        trace,
+        &format!("{name}.q8_scales"),
+        &b.xs,
+        len / Q8_BLOCK,
+    )?;
+    snap(
+        st,
+        trace,
+        &format!("{name}.q8_sums"),
+        &b.xsum,
+        len / Q8_BLOCK,
+    )
 }
 
 #[derive(Clone, Copy)]
@@ -1135,7 +1244,8 @@ pub fn cpu_paged_attention(
     let kv_heads = store.shape.kv_heads;
     let group = heads / kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let kernel = crate::quant::Kernel::detect();
+    // The portable kernel: the one whose arithmetic the GPU kernels reproduce.
+    let kernel = crate::quant::Kernel::Portable;
     let paged = crate::model::PagedKv {
         store,
         positions,
