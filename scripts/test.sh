@@ -13,9 +13,14 @@ set -a
 set +a
 export CLOISTER_REQUIRE_BROWSER=1 CLOISTER_REQUIRE_PEBBLE=1
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CLOISTER_CACHE/target}
-# The README's build, without the model: it fetches and checks the pinned kernel, which the
-# measurement tests read (CLOISTER_KERNEL), and proves the main command's build step works.
-cargo run --release --locked -q -p cloister -- build --no-model --out "$CLOISTER_CACHE/test-image"
+# The README's build on a host without TDX (scripts/run.sh): the model and the SIMULATED
+# TEE. It fetches and checks the pinned kernel, which the measurement tests read
+# (CLOISTER_KERNEL), and compiles the guest binaries into the folder the image tests share,
+# so tests/tests/booted_chat.rs, which boots the same image, finds them built.
+cargo build --release --locked -q -p cloister
+export CLOISTER_GUEST_TARGET_DIR=$CLOISTER_CACHE/target-guest
+CARGO_TARGET_DIR=$CLOISTER_GUEST_TARGET_DIR "$CARGO_TARGET_DIR/release/cloister" \
+  build --tee simulated --out "$CLOISTER_CACHE/test-image"
 export CLOISTER_KERNEL=$CLOISTER_CACHE/test-image/vmlinuz
 # The browser's attestation verifier (wasm), for the Chromium tests that load it.
 CLOISTER_VERIFIER_WASM=$("$here/verifier-wasm/build.sh")

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use cloister_image::build::{self, BuildOptions};
+use cloister_image::build::{self, BuildOptions, TeeChoice};
 
 /// Build the image: vmlinuz, initramfs.cpio.zst, cmdline and manifest.json.
 #[derive(Debug, clap::Args)]
@@ -15,6 +15,10 @@ pub struct Args {
     /// Leave the model out of the initramfs.
     #[arg(long)]
     no_model: bool,
+    /// The TEE the guest is built for: `tdx` (production) or `simulated` (development
+    /// only: NOT confidential, its quotes are signed by a simulation key chain).
+    #[arg(long, default_value = "tdx", value_name = "tdx|simulated")]
+    tee: TeeChoice,
     /// Rebuild and compare with this manifest.json; lists every differing input and output.
     #[arg(long, value_name = "MANIFEST")]
     check: Option<PathBuf>,
@@ -25,6 +29,13 @@ pub struct Args {
     #[arg(long)]
     source: Option<PathBuf>,
 }
+
+/// Printed before and after a simulated build.
+pub const SIMULATED_WARNING: &str = "\
+WARNING: --tee simulated builds a DEVELOPMENT image. It is NOT confidential: its TEE is
+WARNING: simulated, its quotes are signed by a development key chain that anyone can use,
+WARNING: and every page it serves says \"SIMULATED, not confidential\". Never put real
+WARNING: conversations into it. A production image is `cloister build` (--tee tdx).";
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let source = match args.source {
@@ -38,6 +49,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut opts = BuildOptions::new(&source, &args.out);
     opts.no_model = args.no_model;
+    opts.tee = args.tee;
+    if args.tee == TeeChoice::Simulated && args.check.is_none() {
+        eprintln!("{}", SIMULATED_WARNING);
+    }
     if let Some(cache) = args.cache {
         opts.cache = cache;
     }
@@ -46,6 +61,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let built = build::build(&opts)?;
             for (name, sha) in &built.manifest.outputs {
                 println!("{sha}  {}", built.out.join(name).display());
+            }
+            if built.manifest.tee == TeeChoice::Simulated {
+                eprintln!("{SIMULATED_WARNING}");
             }
         }
         Some(manifest) => {

@@ -1,14 +1,23 @@
 //! `cloister run`: boots a built image under QEMU (KVM where a probe runs a guest, else
-//! TCG), or prints the command with `--dry-run`. Logic in `cloister_image::qemu`.
+//! TCG), or prints the command with `--dry-run`. A simulated image (`cloister build --tee
+//! simulated`) gets its expected measurements through fw_cfg. Logic in
+//! `cloister_image::qemu` and `cloister_image::expected`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use cloister_image::build;
+use cloister_image::build::TeeChoice;
 use cloister_image::progress::Progress;
 use cloister_image::qemu::{
-    self, Accelerator, Console, Launched, PortForward, RunSettings, TdxSettings,
+    self, Accelerator, Console, FwCfgFile, Launched, PortForward, RunSettings, TdxSettings,
 };
+
+/// The guest's HTTPS port (web-ui, image/services/web-ui.toml).
+const GUEST_HTTPS_PORT: u16 = 443;
+/// The host port web-ui's manifest names as the browsers' port (`--public-https-port`):
+/// passkeys are bound to the origin `https://localhost:8443`.
+const PUBLIC_HTTPS_PORT: u16 = 8443;
 
 /// Boot the image in QEMU.
 #[derive(Debug, clap::Args)]
@@ -41,9 +50,50 @@ pub struct Args {
     /// Quote generation service socket for --tdx.
     #[arg(long, default_value = qemu::QGS_SOCKET_DEFAULT)]
     quote_socket: PathBuf,
+    /// The expected measurements.json to hand to the guest (fw_cfg
+    /// `opt/cloister/measurements.json`) [default for a simulated image: computed from the
+    /// image and the firmware, written to IMAGE/measurements.json].
+    #[arg(long)]
+    measurements: Option<PathBuf>,
     /// Print the QEMU command instead of running it.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// The TEE the image was built for, from its manifest.json (an image without one counts
+/// as a production image).
+fn image_tee(image: &std::path::Path) -> anyhow::Result<TeeChoice> {
+    let path = image.join(build::MANIFEST);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let value: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            match value.get("tee").and_then(|t| t.as_str()) {
+                None | Some("tdx") => Ok(TeeChoice::Tdx),
+                Some("simulated") => Ok(TeeChoice::Simulated),
+                Some(other) => bail!("{} names an unknown TEE {other:?}", path.display()),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TeeChoice::Tdx),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The pinned TDVF: `--firmware`, else `OVMF.fd` from the pinned `ovmf` package.
+fn firmware(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(f) => Ok(f),
+        None => {
+            let source = build::find_source_root(&std::env::current_dir()?).context(
+                "pass --firmware, or run from a Cloister checkout to use the pinned OVMF",
+            )?;
+            Ok(build::tdvf(
+                &source,
+                &build::default_cache_dir(),
+                &Progress::stderr(),
+            )?)
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -53,18 +103,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.image.display()
         )
     })?;
+    let tee = image_tee(&args.image)?;
+    if tee == TeeChoice::Simulated && args.tdx {
+        bail!(
+            "this image was built with --tee simulated; a TD needs a production image \
+             (`cloister build` without --tee simulated)"
+        );
+    }
+    let measurements = match (args.measurements.clone(), tee) {
+        (Some(file), _) => Some(file),
+        (None, TeeChoice::Simulated) => {
+            let file = args.image.join("measurements.json");
+            let json = cloister_image::expected::measurements_json(
+                &args.image,
+                &firmware(args.firmware.clone())?,
+                args.memory,
+                args.cpus,
+            )?;
+            std::fs::write(&file, json)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            Some(file)
+        }
+        (None, TeeChoice::Tdx) => None,
+    };
     let tdx = if args.tdx {
-        let firmware = match args.firmware {
-            Some(f) => f,
-            None => {
-                let source = build::find_source_root(&std::env::current_dir()?).context(
-                    "pass --firmware, or run from a Cloister checkout to use the pinned OVMF",
-                )?;
-                build::tdvf(&source, &build::default_cache_dir(), &Progress::stderr())?
-            }
-        };
         Some(TdxSettings {
-            firmware,
+            firmware: firmware(args.firmware)?,
             quote_socket: args.quote_socket,
         })
     } else {
@@ -93,7 +157,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         cmdline,
         tdx,
+        fw_cfg: measurements
+            .iter()
+            .map(|file| FwCfgFile {
+                name: qemu::MEASUREMENTS_FW_CFG_NAME.into(),
+                file: file.clone(),
+            })
+            .collect(),
     };
+    if tee == TeeChoice::Simulated {
+        eprintln!("{}", crate::build::SIMULATED_WARNING);
+    }
     if args.dry_run {
         let line: Vec<String> = std::iter::once(qemu::QEMU_BINARY.to_string())
             .chain(qemu::command_line(&settings))
@@ -121,6 +195,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     for p in &settings.ports {
         eprintln!("forwarding 127.0.0.1:{} to guest port {}", p.host, p.guest);
+    }
+    if let Some(m) = &measurements {
+        eprintln!(
+            "expected measurements: {} (fw_cfg {})",
+            m.display(),
+            qemu::MEASUREMENTS_FW_CFG_NAME
+        );
+    }
+    if let Some(https) = settings.ports.iter().find(|p| p.guest == GUEST_HTTPS_PORT) {
+        println!(
+            "Chat: https://localhost:{}/ once the console says `supervisor: all services ready` \
+             (a self-signed certificate; the owner's setup code is on the console)",
+            https.host
+        );
+        if https.host != PUBLIC_HTTPS_PORT {
+            eprintln!(
+                "note: passkeys are bound to https://localhost:{PUBLIC_HTTPS_PORT} (web-ui's \
+                 --public-https-port in the image); sign-in fails through port {}",
+                https.host
+            );
+        }
     }
     match qemu::launch(&binary, &settings, args.detach)? {
         Launched::Exited(status) if status.success() => Ok(()),

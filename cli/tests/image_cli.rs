@@ -120,3 +120,90 @@ fn doctor_reports_kvm_tdx_and_qemu() {
         assert!(text.contains(line), "{text}");
     }
 }
+
+fn fake_simulated_image() -> tempfile::TempDir {
+    let image = fake_image();
+    std::fs::write(
+        image.path().join("manifest.json"),
+        r#"{"format":1,"tee":"simulated"}"#,
+    )
+    .unwrap();
+    image
+}
+
+#[test]
+fn a_simulated_image_gets_its_measurements_through_fw_cfg_and_a_warning() {
+    let image = fake_simulated_image();
+    let measurements = image.path().join("given.json");
+    std::fs::write(&measurements, "{}").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cloister"))
+        .args(["run", "--dry-run", "--image"])
+        .arg(image.path())
+        .arg("--measurements")
+        .arg(&measurements)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("NOT confidential"), "{stderr}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        line.contains(&format!(
+            "-fw_cfg name=opt/cloister/measurements.json,file={}",
+            measurements.display()
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_simulated_image_is_never_booted_as_a_td() {
+    let image = fake_simulated_image();
+    let out = Command::new(env!("CARGO_BIN_EXE_cloister"))
+        .args([
+            "run",
+            "--dry-run",
+            "--tdx",
+            "--firmware",
+            "/fw/OVMF.fd",
+            "--image",
+        ])
+        .arg(image.path())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tee simulated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_production_image_gets_no_measurements_unless_given() {
+    let image = fake_image();
+    let out = Command::new(env!("CARGO_BIN_EXE_cloister"))
+        .args(["run", "--dry-run", "--image"])
+        .arg(image.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8(out.stdout).unwrap().contains("-fw_cfg"));
+}
+
+#[test]
+fn build_refuses_an_unknown_tee() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cloister"))
+        .args(["build", "--tee", "sgx"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("use tdx or simulated"), "{stderr}");
+}

@@ -41,6 +41,57 @@ const REMAPPED_SOURCE: &str = "/cloister/source";
 const REMAPPED_CARGO_HOME: &str = "/cloister/cargo-home";
 const REMAPPED_TARGET: &str = "/cloister/target";
 
+/// Where the image's simulated features come from: which TEE the guest talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeChoice {
+    /// Intel TDX, the production build: no simulation code in any binary.
+    #[default]
+    Tdx,
+    /// The development stand-in: NOT confidential; its quotes chain to a simulation root.
+    Simulated,
+}
+
+impl TeeChoice {
+    /// `tdx` or `simulated`, as the manifest and `--tee` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tdx => "tdx",
+            Self::Simulated => "simulated",
+        }
+    }
+}
+
+impl std::str::FromStr for TeeChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tdx" => Ok(Self::Tdx),
+            "simulated" => Ok(Self::Simulated),
+            other => Err(format!("{other:?} is not a TEE: use tdx or simulated")),
+        }
+    }
+}
+
+/// Whether an entry of `contents.toml` goes into images with the model, without it, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelCondition {
+    /// Only images that carry the model.
+    With,
+    /// Only `--no-model` images.
+    Without,
+}
+
+fn included(condition: Option<ModelCondition>, no_model: bool) -> bool {
+    match condition {
+        None => true,
+        Some(ModelCondition::With) => !no_model,
+        Some(ModelCondition::Without) => no_model,
+    }
+}
+
 /// A guest binary built from this source tree.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +102,80 @@ pub struct GuestBinary {
     pub bin: String,
     /// Absolute path inside the image.
     pub path: String,
+    /// With or without the model only; absent: always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelCondition>,
+    /// Cargo features of `package` turned on only by `--tee simulated`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub simulated_features: Vec<String>,
+}
+
+impl GuestBinary {
+    /// A binary that goes into every image, with no extra features.
+    pub fn new(package: &str, bin: &str, path: &str) -> Self {
+        Self {
+            package: package.into(),
+            bin: bin.into(),
+            path: path.into(),
+            model: None,
+            simulated_features: Vec::new(),
+        }
+    }
+}
+
+/// A WebAssembly module built from a library crate of this tree (`cdylib`) for
+/// `wasm32-unknown-unknown`, served to browsers from the image.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WasmModule {
+    /// Cargo package.
+    pub package: String,
+    /// Absolute path inside the image.
+    pub path: String,
+}
+
+/// A supervisor manifest from `image/`, installed as `/etc/cloister/services/NAME.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    /// The service's name (the manifest's file name in the image, without `.toml`).
+    pub name: String,
+    /// The manifest's path relative to `image/`.
+    pub manifest: String,
+    /// With or without the model only; absent: always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelCondition>,
+    /// Arguments appended to the manifest's `args` by `--tee simulated` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub simulated_args: Vec<String>,
+}
+
+impl ServiceEntry {
+    /// The manifest as the image holds it: the file's bytes as they are, or, for a
+    /// simulated build with `simulated_args`, the manifest re-written with those appended
+    /// to `args` (comments are not kept).
+    pub fn manifest_for(&self, text: &str, tee: TeeChoice) -> Result<Vec<u8>, ImageError> {
+        if tee == TeeChoice::Tdx || self.simulated_args.is_empty() {
+            return Ok(text.as_bytes().to_vec());
+        }
+        let bad = |reason: String| ImageError::BadLock {
+            path: format!("image/{}", self.manifest),
+            reason,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let args = table
+            .entry("args")
+            .or_insert_with(|| toml::Value::Array(Vec::new()))
+            .as_array_mut()
+            .ok_or_else(|| bad("`args` is not a list".into()))?;
+        args.extend(self.simulated_args.iter().cloned().map(toml::Value::String));
+        let mut out = format!(
+            "# {} with the arguments of a SIMULATED build (cloister build --tee simulated).\n",
+            self.manifest
+        );
+        out.push_str(&toml::to_string(&table).map_err(|e| bad(e.to_string()))?);
+        Ok(out.into_bytes())
+    }
 }
 
 /// `image/contents.toml`.
@@ -60,6 +185,61 @@ pub struct Contents {
     /// The guest binaries.
     #[serde(default, rename = "binary")]
     pub binaries: Vec<GuestBinary>,
+    /// The WebAssembly modules.
+    #[serde(default, rename = "wasm")]
+    pub wasm: Vec<WasmModule>,
+    /// The service manifests.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceEntry>,
+}
+
+impl Contents {
+    /// Reads `image/contents.toml` under `source`.
+    pub fn load(source: &Path) -> Result<Self, ImageError> {
+        let path = source.join("image/contents.toml");
+        let text = fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ImageError::BadLock {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// What an image with (or without) the model holds.
+    pub fn select(&self, no_model: bool) -> Self {
+        Self {
+            binaries: self
+                .binaries
+                .iter()
+                .filter(|b| included(b.model, no_model))
+                .cloned()
+                .collect(),
+            wasm: self.wasm.clone(),
+            services: self
+                .services
+                .iter()
+                .filter(|s| included(s.model, no_model))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+impl Contents {
+    /// Only PID 1 (the binary at `/init`): no services, no WebAssembly. For tests that
+    /// boot the image's spine with services of their own, without compiling web-ui and
+    /// model-runner for the guest.
+    pub fn pid1_only(&self) -> Self {
+        Self {
+            binaries: self
+                .binaries
+                .iter()
+                .filter(|b| b.path == "/init")
+                .cloned()
+                .collect(),
+            wasm: Vec::new(),
+            services: Vec::new(),
+        }
+    }
 }
 
 /// What to build and where.
@@ -77,6 +257,10 @@ pub struct BuildOptions {
     pub cargo_home: Option<PathBuf>,
     /// Leave the model out.
     pub no_model: bool,
+    /// Which TEE the guest binaries are built for.
+    pub tee: TeeChoice,
+    /// Replaces `image/contents.toml` (tests that need only part of the image).
+    pub contents: Option<Contents>,
     /// Extra guest binaries (tests add a probe service).
     pub extra_binaries: Vec<GuestBinary>,
     /// Extra service manifests: file name and contents.
@@ -95,6 +279,8 @@ impl BuildOptions {
             target_dir: None,
             cargo_home: None,
             no_model: false,
+            tee: TeeChoice::Tdx,
+            contents: None,
             extra_binaries: Vec::new(),
             extra_services: Vec::new(),
             progress: Progress::stderr(),
@@ -156,6 +342,9 @@ pub struct Manifest {
     pub zstd: String,
     /// Whether the model is in the image.
     pub model_included: bool,
+    /// The TEE the guest was built for: `tdx`, or `simulated` (NOT confidential).
+    #[serde(default)]
+    pub tee: TeeChoice,
     /// The kernel command line.
     pub cmdline: String,
     /// Module load order (paths inside the image).
@@ -256,45 +445,67 @@ pub fn remap_flags(source: &Path, cargo_home: &Path, target_dir: &Path) -> Vec<S
     flags
 }
 
-/// Compiles the guest binaries and returns each with the path of its file.
-fn compile(
-    opts: &BuildOptions,
-    lock: &Lock,
-    binaries: &[GuestBinary],
-    epoch: u64,
-) -> Result<Vec<(GuestBinary, PathBuf)>, ImageError> {
-    let source = fs::canonicalize(&opts.source).map_err(io("resolving the source folder"))?;
-    let target_dir = opts
-        .target_dir
+/// The target folder of the guest build: the option, else `$CARGO_TARGET_DIR`, else
+/// `<source>/target`.
+fn guest_target_dir(opts: &BuildOptions, source: &Path) -> PathBuf {
+    opts.target_dir
         .clone()
         .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| source.join("target"));
-    let target = &lock.toolchain.target;
-    opts.progress.step(&format!(
-        "compiling {} guest binaries for {target}",
-        binaries.len()
-    ));
+        .unwrap_or_else(|| source.join("target"))
+}
+
+/// The WebAssembly target.
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// The release profile of a WebAssembly module, as `verifier-wasm/build.sh` sets it: small
+/// (`opt-level = "s"`, full LTO in one codegen unit, no unwinding, stripped).
+const WASM_PROFILE: &[(&str, &str)] = &[
+    ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s"),
+    ("CARGO_PROFILE_RELEASE_LTO", "true"),
+    ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1"),
+    ("CARGO_PROFILE_RELEASE_PANIC", "abort"),
+    ("CARGO_PROFILE_RELEASE_STRIP", "true"),
+];
+
+/// Whether `name` is one of the variables cargo sets for a package it builds or runs
+/// (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, `OUT_DIR`...). A build started from inside
+/// one (a test, a build script) would pass them on; build scripts that watch them (ring's
+/// does) then rerun and rebuild everything above them, and the output could differ from a
+/// build started from a shell.
+fn is_cargo_package_variable(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+    ];
+    const NAMES: &[&str] = &["OUT_DIR", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
+}
+
+/// Runs one `cargo build --locked --release --target TARGET` with the reproducibility
+/// settings; `selection` holds the `-p`, `--bin`, `--lib` and `--features` arguments.
+fn cargo_release_build(
+    opts: &BuildOptions,
+    source: &Path,
+    target_dir: &Path,
+    target: &str,
+    selection: &[String],
+    profile_env: &[(&str, &str)],
+    epoch: u64,
+) -> Result<(), ImageError> {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(&source)
-        .args(["build", "--locked", "--release", "--target", target]);
-    let mut packages: Vec<&str> = binaries.iter().map(|b| b.package.as_str()).collect();
-    packages.sort_unstable();
-    packages.dedup();
-    for package in packages {
-        cmd.args(["-p", package]);
-    }
-    for binary in binaries {
-        cmd.args(["--bin", &binary.bin]);
-    }
+    cmd.current_dir(source)
+        .args(["build", "--locked", "--release", "--target", target])
+        .args(selection);
     let cargo_home = opts.cargo_home.clone().unwrap_or_else(cargo_home);
-    let flags = remap_flags(&source, &cargo_home, &target_dir);
+    let flags = remap_flags(source, &cargo_home, target_dir);
     cmd.env("CARGO_HOME", &cargo_home);
     cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\u{1f}"))
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_TARGET_DIR", target_dir)
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
@@ -302,6 +513,12 @@ fn compile(
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env("TZ", "UTC")
         .env("LC_ALL", "C");
+    cmd.envs(profile_env.iter().copied());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_cargo_package_variable) {
+            cmd.env_remove(&name);
+        }
+    }
     let output = if opts.progress.is_quiet() {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
     } else {
@@ -320,6 +537,65 @@ fn compile(
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(ImageError::Compile(tail.join("\n")));
     }
+    Ok(())
+}
+
+/// The `cargo build` selection for `binaries`: each package once, each binary, and for a
+/// simulated build each binary's `simulated_features` (as `package/feature`).
+pub fn guest_selection(binaries: &[GuestBinary], tee: TeeChoice) -> Vec<String> {
+    let mut packages: Vec<&str> = binaries.iter().map(|b| b.package.as_str()).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    let mut args = Vec::new();
+    for package in packages {
+        args.extend(["-p".to_string(), package.to_string()]);
+    }
+    for binary in binaries {
+        args.extend(["--bin".to_string(), binary.bin.clone()]);
+    }
+    let mut features: Vec<String> = match tee {
+        TeeChoice::Tdx => Vec::new(),
+        TeeChoice::Simulated => binaries
+            .iter()
+            .flat_map(|b| {
+                b.simulated_features
+                    .iter()
+                    .map(move |f| format!("{}/{f}", b.package))
+            })
+            .collect(),
+    };
+    features.sort_unstable();
+    features.dedup();
+    if !features.is_empty() {
+        args.extend(["--features".to_string(), features.join(",")]);
+    }
+    args
+}
+
+/// Compiles the guest binaries and returns each with the path of its file.
+fn compile(
+    opts: &BuildOptions,
+    lock: &Lock,
+    binaries: &[GuestBinary],
+    epoch: u64,
+) -> Result<Vec<(GuestBinary, PathBuf)>, ImageError> {
+    let source = fs::canonicalize(&opts.source).map_err(io("resolving the source folder"))?;
+    let target_dir = guest_target_dir(opts, &source);
+    let target = &lock.toolchain.target;
+    opts.progress.step(&format!(
+        "compiling {} guest binaries for {target} (TEE: {})",
+        binaries.len(),
+        opts.tee.name()
+    ));
+    cargo_release_build(
+        opts,
+        &source,
+        &target_dir,
+        target,
+        &guest_selection(binaries, opts.tee),
+        &[],
+        epoch,
+    )?;
     Ok(binaries
         .iter()
         .map(|b| {
@@ -329,6 +605,55 @@ fn compile(
             )
         })
         .collect())
+}
+
+/// Compiles the WebAssembly modules (`cdylib`s) and returns each with its `.wasm` file.
+fn compile_wasm(
+    opts: &BuildOptions,
+    modules: &[WasmModule],
+    epoch: u64,
+) -> Result<Vec<(WasmModule, PathBuf)>, ImageError> {
+    if modules.is_empty() {
+        return Ok(Vec::new());
+    }
+    let source = fs::canonicalize(&opts.source).map_err(io("resolving the source folder"))?;
+    let target_dir = guest_target_dir(opts, &source);
+    opts.progress.step(&format!(
+        "compiling {} WebAssembly modules for {WASM_TARGET}",
+        modules.len()
+    ));
+    let mut selection = Vec::new();
+    for m in modules {
+        selection.extend(["-p".to_string(), m.package.clone()]);
+    }
+    selection.push("--lib".into());
+    cargo_release_build(
+        opts,
+        &source,
+        &target_dir,
+        WASM_TARGET,
+        &selection,
+        WASM_PROFILE,
+        epoch,
+    )?;
+    modules
+        .iter()
+        .map(|m| {
+            let file = target_dir
+                .join(WASM_TARGET)
+                .join("release")
+                .join(format!("{}.wasm", m.package.replace('-', "_")));
+            if file.is_file() {
+                Ok((m.clone(), file))
+            } else {
+                Err(ImageError::Compile(format!(
+                    "{} built no {} (its [lib] needs crate-type = [\"cdylib\"])",
+                    m.package,
+                    file.display()
+                )))
+            }
+        })
+        .collect()
 }
 
 /// The fixed skeleton every image has: the folders init mounts on, and the console
@@ -360,15 +685,11 @@ fn skeleton(archive: &mut Archive) -> Result<(), ImageError> {
 pub fn build(opts: &BuildOptions) -> Result<BuildOutput, ImageError> {
     let progress = &opts.progress;
     let lock = Lock::load(&opts.source.join("image").join(crate::lock::LOCK_FILE_NAME))?;
-    let contents_path = opts.source.join("image/contents.toml");
-    let contents: Contents = toml::from_str(
-        &fs::read_to_string(&contents_path)
-            .map_err(io(format!("reading {}", contents_path.display())))?,
-    )
-    .map_err(|e| ImageError::BadLock {
-        path: contents_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let contents = match &opts.contents {
+        Some(c) => c.clone(),
+        None => Contents::load(&opts.source)?,
+    }
+    .select(opts.no_model);
     let zstd_version = zstd::zstd_safe::version_string();
     if zstd_version != lock.initramfs.zstd_library {
         return Err(ImageError::Environment(format!(
@@ -446,13 +767,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, ImageError> {
 
     // Service manifests.
     let mut services: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    if let Ok(dir) = fs::read_dir(opts.source.join("image/services")) {
-        for entry in dir.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".toml") {
-                let bytes = fs::read(entry.path()).map_err(io(format!("reading {name}")))?;
-                services.insert(name, bytes);
-            }
+    for service in &contents.services {
+        let file = opts.source.join("image").join(&service.manifest);
+        let text = fs::read_to_string(&file).map_err(io(format!("reading {}", file.display())))?;
+        let bytes = service.manifest_for(&text, opts.tee)?;
+        let name = format!("{}.toml", service.name);
+        if services.insert(name.clone(), bytes).is_some() {
+            return Err(ImageError::BadLock {
+                path: "image/contents.toml".into(),
+                reason: format!("two manifests for the service {}", service.name),
+            });
         }
     }
     for (name, text) in &opts.extra_services {
@@ -483,6 +807,17 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, ImageError> {
         });
         let bytes = fs::read(&file).map_err(io(format!("reading {}", file.display())))?;
         archive.file(&binary.path, 0o755, FileData::Bytes(bytes))?;
+    }
+    for (module, file) in compile_wasm(opts, &contents.wasm, epoch)? {
+        inputs.push(InputRecord {
+            kind: "wasm-module".into(),
+            name: module.package.clone(),
+            version: commit.clone(),
+            sha256: sha256_file(&file)?,
+            path: Some(module.path.clone()),
+        });
+        let bytes = fs::read(&file).map_err(io(format!("reading {}", file.display())))?;
+        archive.file(&module.path, 0o444, FileData::Bytes(bytes))?;
     }
 
     // The model.
@@ -541,6 +876,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, ImageError> {
         target: lock.toolchain.target.clone(),
         zstd: format!("libzstd {zstd_version} level {}", lock.initramfs.zstd_level),
         model_included: !opts.no_model,
+        tee: opts.tee,
         cmdline: k.cmdline.clone(),
         module_order,
         inputs,
@@ -653,20 +989,22 @@ pub fn check(manifest_path: &Path, opts: &BuildOptions) -> Result<Vec<String>, I
     })?;
     let mut opts = opts.clone();
     opts.no_model = !expected.model_included;
+    opts.tee = expected.tee;
     let built = build(&opts)?;
     let mut differences = manifest_differences(&expected, &built.manifest);
     // Where the published initramfs lies beside the manifest, name the files that differ.
     let published = manifest_path.with_file_name(INITRAMFS);
     if expected.initramfs_cpio_sha256 != built.manifest.initramfs_cpio_sha256 && published.is_file()
     {
-        let old = decompress_initramfs(&published)?;
-        let new = decompress_initramfs(&built.out.join(INITRAMFS))?;
+        let old = read_initramfs(&published)?;
+        let new = read_initramfs(&built.out.join(INITRAMFS))?;
         differences.extend(initramfs_file_differences(&old, &new)?);
     }
     Ok(differences)
 }
 
-fn decompress_initramfs(path: &Path) -> Result<Vec<u8>, ImageError> {
+/// The uncompressed cpio of an `initramfs.cpio.zst`.
+pub fn read_initramfs(path: &Path) -> Result<Vec<u8>, ImageError> {
     let file = fs::File::open(path).map_err(io(format!("opening {}", path.display())))?;
     zstd::decode_all(std::io::BufReader::new(file))
         .map_err(io(format!("decompressing {}", path.display())))
@@ -736,6 +1074,7 @@ mod tests {
             target: "x86_64-unknown-linux-musl".into(),
             zstd: "libzstd 1.5.7 level 12".into(),
             model_included: false,
+            tee: TeeChoice::Tdx,
             cmdline: "console=ttyS0".into(),
             module_order: vec!["/lib/modules/a.ko.xz".into()],
             inputs: vec![InputRecord {
@@ -843,6 +1182,181 @@ mod tests {
                 .iter()
                 .any(|b| b.path == "/init" && b.bin == "cloister-init")
         );
+    }
+
+    #[test]
+    fn the_variables_cargo_sets_for_a_running_package_are_not_passed_on() {
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "OUT_DIR",
+            "CARGO_BIN_EXE_web-ui",
+        ] {
+            assert!(is_cargo_package_variable(name), "{name}");
+        }
+        for name in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "PATH",
+        ] {
+            assert!(!is_cargo_package_variable(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn pid1_only_keeps_init_and_nothing_else_and_the_image_serves_the_verifier() {
+        let full = repository_contents();
+        assert!(
+            full.wasm
+                .iter()
+                .any(|m| m.package == "cloister-verifier-wasm"),
+            "the image serves the browser's verifier"
+        );
+        let spine = full.pid1_only();
+        let paths: Vec<&str> = spine.binaries.iter().map(|b| b.path.as_str()).collect();
+        assert_eq!(paths, ["/init"]);
+        assert!(spine.services.is_empty() && spine.wasm.is_empty());
+    }
+
+    fn repository_contents() -> Contents {
+        Contents::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))).unwrap()
+    }
+
+    fn service_manifest(entry: &ServiceEntry) -> toml::Table {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(&entry.manifest);
+        toml::from_str(&fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn with_the_model_the_image_runs_model_runner_and_web_ui_after_it() {
+        let with = repository_contents().select(false);
+        let paths: Vec<&str> = with.binaries.iter().map(|b| b.path.as_str()).collect();
+        assert_eq!(paths, ["/init", "/usr/bin/model-runner", "/usr/bin/web-ui"]);
+        let names: Vec<&str> = with.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["model-runner", "web-ui"]);
+        let runner = service_manifest(&with.services[0]);
+        assert_eq!(runner["ready"].as_str(), Some("notify"));
+        let args: Vec<&str> = runner["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let lock =
+            Lock::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/lock.toml"))).unwrap();
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--model", lock.model.path.as_str()]),
+            "model-runner must load the model where the build puts it: {args:?}"
+        );
+        let web = service_manifest(&with.services[1]);
+        assert_eq!(web["ready"].as_str(), Some("notify"));
+        for field in ["after", "requires"] {
+            assert_eq!(
+                web[field].as_array().unwrap()[0].as_str(),
+                Some("model-runner"),
+                "{field}"
+            );
+        }
+        let web_args = format!("{:?}", web["args"]);
+        assert!(
+            web_args.contains(crate::qemu::MEASUREMENTS_GUEST_PATH),
+            "web-ui must read the measurements cloister run passes: {web_args}"
+        );
+    }
+
+    #[test]
+    fn without_the_model_web_ui_runs_alone_with_the_same_other_flags() {
+        let without = repository_contents().select(true);
+        let paths: Vec<&str> = without.binaries.iter().map(|b| b.path.as_str()).collect();
+        assert_eq!(paths, ["/init", "/usr/bin/web-ui"]);
+        let names: Vec<&str> = without.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web-ui"]);
+        let alone = service_manifest(&without.services[0]);
+        assert!(
+            !fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(&without.services[0].manifest)
+            )
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .any(|l| l.contains("model-runner"))
+        );
+        // The same manifest as with the model, less model-runner and its socket.
+        let with = repository_contents().select(false);
+        let mut full = service_manifest(&with.services[1]);
+        full.remove("after");
+        full.remove("requires");
+        let args = full["args"].as_array().unwrap().clone();
+        let position = args
+            .iter()
+            .position(|a| a.as_str() == Some("--model-runner"))
+            .unwrap();
+        let mut trimmed = args.clone();
+        trimmed.drain(position..position + 2);
+        full.insert("args".into(), toml::Value::Array(trimmed));
+        assert_eq!(full, alone);
+    }
+
+    #[test]
+    fn every_service_file_is_listed_and_simulation_is_opt_in() {
+        let contents = repository_contents();
+        let listed: Vec<String> = contents
+            .services
+            .iter()
+            .map(|s| s.manifest.clone())
+            .collect();
+        for entry in fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/services")).unwrap() {
+            let name = format!("services/{}", entry.unwrap().file_name().to_string_lossy());
+            assert!(listed.contains(&name), "{name} is not in contents.toml");
+        }
+        let binaries = contents.select(false).binaries;
+        let production = guest_selection(&binaries, TeeChoice::Tdx);
+        assert!(
+            !production.contains(&"--features".to_string()),
+            "{production:?}"
+        );
+        let simulated = guest_selection(&binaries, TeeChoice::Simulated);
+        assert_eq!(
+            simulated[simulated.len() - 2..],
+            ["--features", "cloister-web-ui/simulated-tee"]
+        );
+    }
+
+    #[test]
+    fn a_simulated_build_tells_web_ui_and_a_production_one_leaves_it_alone() {
+        for entry in repository_contents().services {
+            let text =
+                fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(&entry.manifest))
+                    .unwrap();
+            let production = entry.manifest_for(&text, TeeChoice::Tdx).unwrap();
+            assert_eq!(production, text.as_bytes(), "{}", entry.manifest);
+            let simulated: toml::Table = toml::from_str(
+                std::str::from_utf8(&entry.manifest_for(&text, TeeChoice::Simulated).unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+            let mut expected: toml::Table = toml::from_str(&text).unwrap();
+            if entry.name == "web-ui" {
+                assert_eq!(entry.simulated_args, ["--tee", "simulated"]);
+                let args = expected["args"].as_array_mut().unwrap();
+                args.push("--tee".into());
+                args.push("simulated".into());
+            }
+            assert_eq!(simulated, expected, "{}", entry.manifest);
+        }
+    }
+
+    #[test]
+    fn an_old_manifest_without_a_tee_reads_as_tdx() {
+        let mut value = serde_json::to_value(manifest()).unwrap();
+        value.as_object_mut().unwrap().remove("tee");
+        let old: Manifest = serde_json::from_value(value).unwrap();
+        assert_eq!(old.tee, TeeChoice::Tdx);
+        assert_eq!("simulated".parse::<TeeChoice>(), Ok(TeeChoice::Simulated));
+        assert!("sgx".parse::<TeeChoice>().is_err());
     }
 
     #[test]

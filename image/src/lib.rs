@@ -6,6 +6,7 @@
 //! - [`modules`]: which kernel modules, in which load order;
 //! - [`cpio`]: our own newc writer, with fixed metadata;
 //! - [`build`]: the whole build and its manifest, and `--check`;
+//! - [`expected`]: the measurements a booted image should show, for `cloister run`;
 //! - [`qemu`]: the QEMU command lines (TCG, KVM, TDX) and the host probes.
 //!
 //! It must never read a mirror host from anywhere but the machine's apt configuration,
@@ -15,6 +16,7 @@
 
 pub mod build;
 pub mod cpio;
+pub mod expected;
 pub mod fetch;
 pub mod host;
 pub mod lock;

@@ -12,3 +12,22 @@
 pub mod http;
 pub mod probe;
 pub mod serial;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace's root folder (the tests crate's parent).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lies in the workspace")
+        .to_path_buf()
+}
+
+/// The target folder the image tests build guest binaries in, shared so each is compiled
+/// once: `$CLOISTER_GUEST_TARGET_DIR` (scripts/test.sh sets it to the folder of its own
+/// image build), else `target-guest` under the download cache `cache`.
+pub fn guest_target_dir(cache: &Path) -> PathBuf {
+    std::env::var_os("CLOISTER_GUEST_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache.join("target-guest"))
+}

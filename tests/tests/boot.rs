@@ -6,11 +6,11 @@
 //! the boot phases (the figures in docs/benchmarks.md).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cloister_image::build::{self, BuildOptions, GuestBinary};
+use cloister_image::build::{self, BuildOptions, Contents, GuestBinary};
 use cloister_image::progress::Progress;
 use cloister_image::qemu::{self, Accelerator, Console, PortForward, RunSettings};
 use cloister_tests::{http, serial};
@@ -21,13 +21,6 @@ const PROBE_GUEST_PORT: u16 = 8080;
 const BOOT_DEADLINE_S: u64 = 300;
 /// From the poweroff request to QEMU's exit.
 const POWEROFF_DEADLINE_S: u64 = 60;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -48,15 +41,21 @@ impl Drop for Qemu {
 }
 
 fn build_test_image(out: &Path) -> build::BuildOutput {
-    let mut opts = BuildOptions::new(workspace_root(), out);
+    let mut opts = BuildOptions::new(cloister_tests::workspace_root(), out);
     opts.no_model = true;
-    opts.target_dir = Some(build::default_cache_dir().join("target-guest"));
+    // PID 1 and the probe: web-ui and model-runner boot in tests/tests/booted_chat.rs.
+    opts.contents = Some(
+        Contents::load(&cloister_tests::workspace_root())
+            .expect("image/contents.toml reads")
+            .pid1_only(),
+    );
+    opts.target_dir = Some(cloister_tests::guest_target_dir(&build::default_cache_dir()));
     opts.progress = Progress::stderr();
-    opts.extra_binaries.push(GuestBinary {
-        package: "cloister-tests".into(),
-        bin: "cloister-probe".into(),
-        path: "/usr/bin/cloister-probe".into(),
-    });
+    opts.extra_binaries.push(GuestBinary::new(
+        "cloister-tests",
+        "cloister-probe",
+        "/usr/bin/cloister-probe",
+    ));
     opts.extra_services.push((
         "probe.toml".into(),
         format!(
@@ -88,6 +87,7 @@ fn the_image_boots_serves_and_powers_off() {
         console: Console::File(log.clone()),
         cmdline: qemu::read_cmdline(&image).unwrap(),
         tdx: None,
+        fw_cfg: Vec::new(),
     };
     let started = Instant::now();
     let mut vm = Qemu(

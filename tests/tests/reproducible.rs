@@ -7,23 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cloister_image::build::{self, BuildOptions};
+use cloister_image::build::{self, BuildOptions, Contents};
 use cloister_image::progress::Progress;
 use rustix::fs::Mode;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// A fresh clone of the checkout's HEAD at `dest`.
 fn clone_head(dest: &Path) {
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
     let status = Command::new("git")
         .args(["clone", "--quiet", "--no-hardlinks"])
-        .arg(workspace_root())
+        .arg(cloister_tests::workspace_root())
         .arg(dest)
         .status()
         .expect("git runs");
@@ -43,6 +36,14 @@ fn other_cargo_home(dest: &Path) -> PathBuf {
 fn options(source: &Path, out: &Path, target: &Path) -> BuildOptions {
     let mut opts = BuildOptions::new(source, out);
     opts.no_model = true;
+    // PID 1 alone: two from-scratch builds of web-ui and model-runner would cost CI
+    // half an hour. What makes builds reproducible (remapped paths, the fixed time,
+    // sorted archive, umask, cargo home) is the same for every binary.
+    opts.contents = Some(
+        Contents::load(source)
+            .expect("image/contents.toml reads")
+            .pid1_only(),
+    );
     opts.target_dir = Some(target.to_path_buf());
     opts.progress = Progress::stderr();
     opts

@@ -191,11 +191,21 @@ impl std::fmt::Debug for ChatState {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, ChatError> {
-    std::fs::read(path).map_err(|source| ChatError::File {
-        path: path.to_path_buf(),
-        source,
-    })
+/// Reads an optional file: one that does not exist is `None`, with a warning (a box booted
+/// without its host passing the expected measurements still serves, and the page says the
+/// box names no measurements); any other failure is an error.
+fn read_optional_file(path: &Path) -> Result<Option<Vec<u8>>, ChatError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), "not found: serving without it");
+            Ok(None)
+        }
+        Err(source) => Err(ChatError::File {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 #[cfg(feature = "simulated-tee")]
@@ -221,13 +231,15 @@ impl ChatState {
         let expected_measurements = settings
             .expected_measurements
             .as_deref()
-            .map(read_file)
-            .transpose()?;
+            .map(read_optional_file)
+            .transpose()?
+            .flatten();
         let verifier_wasm = settings
             .verifier_wasm
             .as_deref()
-            .map(read_file)
-            .transpose()?;
+            .map(read_optional_file)
+            .transpose()?
+            .flatten();
         let tee: Result<Arc<dyn Tee>, String> = match settings.tee {
             TeeChoice::Simulated => {
                 let measurements = expected_measurements
@@ -877,5 +889,27 @@ async fn owner_chat_settings(State(state): Shared, headers: HeaderMap, body: Byt
             Json(serde_json::json!({"ok": true})).into_response()
         }
         Err(error) => database_error(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_file_that_is_missing_is_none_and_an_unreadable_one_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = dir.path().join("measurements.json");
+        std::fs::write(&present, b"{}").unwrap();
+        assert_eq!(read_optional_file(&present).unwrap(), Some(b"{}".to_vec()));
+        assert_eq!(
+            read_optional_file(&dir.path().join("absent")).unwrap(),
+            None
+        );
+        // A folder exists but cannot be read as a file: that is an error, not "absent".
+        assert!(matches!(
+            read_optional_file(dir.path()),
+            Err(ChatError::File { .. })
+        ));
     }
 }

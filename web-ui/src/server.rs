@@ -10,6 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -91,6 +92,7 @@ async fn serve_connection<I>(
     transport: Transport,
     router: Router,
     limits: ConnectionLimits,
+    answering: Answering,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -98,7 +100,18 @@ async fn serve_connection<I>(
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ClientAddress(peer));
         request.extensions_mut().insert(transport);
-        router.clone().oneshot(request)
+        // Counted from the request until its answer's last byte (or the answer is dropped).
+        let answer = answering.begin();
+        let response = router.clone().oneshot(request);
+        async move {
+            let response = response.await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| {
+                axum::body::Body::new(CountedBody {
+                    body,
+                    _answer: answer,
+                })
+            }))
+        }
     });
     let builder = connection_builder(&limits);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -137,7 +150,8 @@ pub async fn serve_https(
         let router = router.clone();
         let shutdown = shutdown.clone();
         async move {
-            let idle = IdleTimeout::new(tcp, limits.idle_timeout);
+            let answering = Answering::default();
+            let idle = IdleTimeout::new(tcp, limits.idle_timeout, answering.clone());
             let handshake =
                 tokio::time::timeout(limits.handshake_timeout, acceptor.accept(idle)).await;
             let stream = match handshake {
@@ -155,7 +169,16 @@ pub async fn serve_https(
                 // TLS-ALPN-01: the validator only looks at the certificate.
                 return;
             }
-            serve_connection(stream, peer, Transport::Https, router, limits, shutdown).await;
+            serve_connection(
+                stream,
+                peer,
+                Transport::Https,
+                router,
+                limits,
+                answering,
+                shutdown,
+            )
+            .await;
         }
     })
     .await;
@@ -173,8 +196,18 @@ pub async fn serve_plain_http(
         let router = router.clone();
         let shutdown = shutdown.clone();
         async move {
-            let idle = IdleTimeout::new(tcp, limits.idle_timeout);
-            serve_connection(idle, peer, Transport::PlainHttp, router, limits, shutdown).await;
+            let answering = Answering::default();
+            let idle = IdleTimeout::new(tcp, limits.idle_timeout, answering.clone());
+            serve_connection(
+                idle,
+                peer,
+                Transport::PlainHttp,
+                router,
+                limits,
+                answering,
+                shutdown,
+            )
+            .await;
         }
     })
     .await;
@@ -219,22 +252,80 @@ async fn accept_loop<F, Fut>(
     }
 }
 
+/// How many answers of one connection are in progress: from the request until the
+/// answer's body has ended or been dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    /// Counts one answer until the returned guard drops.
+    pub fn begin(&self) -> AnswerInProgress {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        AnswerInProgress(self.0.clone())
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::Acquire) > 0
+    }
+}
+
+/// One answer in progress (see [`Answering`]).
+#[derive(Debug)]
+pub struct AnswerInProgress(Arc<AtomicUsize>);
+
+impl Drop for AnswerInProgress {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body, counted as in progress until it ends or is dropped.
+struct CountedBody {
+    body: axum::body::Body,
+    _answer: AnswerInProgress,
+}
+
+impl axum::body::HttpBody for CountedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A socket that fails with `TimedOut` once no byte has moved in either direction for the
-/// idle time. This is what closes a connection whose client went quiet mid-request.
+/// idle time. This is what closes a connection whose client went quiet mid-request. While
+/// the server itself is still producing an answer (a model thinking for minutes before its
+/// next words, see [`Answering`]), waiting to read is not idleness; a client that stops
+/// reading what the server writes still is.
 #[derive(Debug)]
 pub struct IdleTimeout<T> {
     inner: T,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    answering: Answering,
 }
 
 impl<T> IdleTimeout<T> {
-    /// Wraps `inner`.
-    pub fn new(inner: T, idle: Duration) -> Self {
+    /// Wraps `inner`; `answering` counts the connection's answers in progress.
+    pub fn new(inner: T, idle: Duration, answering: Answering) -> Self {
         Self {
             inner,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            answering,
         }
     }
 
@@ -242,13 +333,20 @@ impl<T> IdleTimeout<T> {
         self.deadline.as_mut().reset(Instant::now() + self.idle);
     }
 
-    fn check_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection idle for too long",
-            )),
-            Poll::Pending => Poll::Pending,
+    /// Whether the idle time is up. `reading`: the caller waits for the client's bytes,
+    /// which is not idleness while an answer is in progress (the deadline moves on).
+    fn check_deadline(&mut self, cx: &mut Context<'_>, reading: bool) -> Poll<io::Error> {
+        loop {
+            match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) if reading && self.answering.any() => self.progressed(),
+                Poll::Ready(()) => {
+                    return Poll::Ready(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection idle for too long",
+                    ));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
@@ -267,7 +365,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending => match self.check_deadline(cx) {
+            Poll::Pending => match self.check_deadline(cx, true) {
                 Poll::Ready(error) => Poll::Ready(Err(error)),
                 Poll::Pending => Poll::Pending,
             },
@@ -288,7 +386,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending => match self.check_deadline(cx) {
+            Poll::Pending => match self.check_deadline(cx, false) {
                 Poll::Ready(error) => Poll::Ready(Err(error)),
                 Poll::Pending => Poll::Pending,
             },
@@ -315,7 +413,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending => match self.check_deadline(cx) {
+            Poll::Pending => match self.check_deadline(cx, false) {
                 Poll::Ready(error) => Poll::Ready(Err(error)),
                 Poll::Pending => Poll::Pending,
             },
@@ -336,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_peer_times_out_and_a_chatty_one_does_not() {
         let (client, server) = tokio::io::duplex(64);
-        let mut server = IdleTimeout::new(server, Duration::from_millis(200));
+        let mut server = IdleTimeout::new(server, Duration::from_millis(200), Answering::default());
         let mut client = client;
         let writer = tokio::spawn(async move {
             for _ in 0..5 {
@@ -358,5 +456,34 @@ mod tests {
         assert_eq!(got, 5);
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         writer.abort();
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_client_is_not_idleness_while_an_answer_is_in_progress() {
+        let (client, server) = tokio::io::duplex(64);
+        let answering = Answering::default();
+        let mut server = IdleTimeout::new(server, Duration::from_millis(100), answering.clone());
+        let answer = answering.begin();
+        let mut buf = [0u8; 8];
+        // Five idle times pass without a byte, and the read is still waiting.
+        let waited = tokio::time::timeout(Duration::from_millis(500), server.read(&mut buf)).await;
+        assert!(waited.is_err(), "the read ended: {waited:?}");
+        // The answer is done: the next idle time closes the connection.
+        drop(answer);
+        let started = Instant::now();
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A client that stops reading what the server writes is idle even mid-answer.
+        let _answer = answering.begin();
+        let big = vec![0u8; 1024];
+        let error = loop {
+            match server.write(&big).await {
+                Ok(_) => continue,
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        drop(client);
     }
 }
