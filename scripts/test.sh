@@ -31,3 +31,6 @@ cargo test --locked -p cloister-web-ui --features simulated-tee --test chat_api 
 # `cloister verify` against that web-ui (the binary the previous step built).
 CLOISTER_WEB_UI_BIN=$CARGO_TARGET_DIR/debug/web-ui CLOISTER_REQUIRE_WEB_UI=1 \
   cargo test --locked -p cloister --test verify_web_ui
+# model-runner's CUDA path: without a GPU its device tests say SKIPPED; the rest (errors
+# without a device, the synthetic model) run. On a GPU machine, CLOISTER_REQUIRE_CUDA=1.
+cargo test --locked -p cloister-model-runner --features cuda --test cuda
