@@ -31,3 +31,22 @@ pub fn guest_target_dir(cache: &Path) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| cache.join("target-guest"))
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released: a test forwards it to the guest).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("the loopback interface takes a listener")
+        .port()
+}
+
+/// A child process (QEMU) killed when the test ends, however it ends.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -5,15 +5,15 @@
 //! request makes QEMU exit 0 in bounded time, and the serial log shows no panic. Prints
 //! the boot phases (the figures in docs/benchmarks.md).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cloister_image::build::{self, BuildOptions, Contents, GuestBinary};
 use cloister_image::progress::Progress;
 use cloister_image::qemu::{self, Accelerator, Console, PortForward, RunSettings};
-use cloister_tests::{http, serial};
+use cloister_tests::{KillOnDrop, http, serial};
 
 /// Port the probe listens on inside the guest.
 const PROBE_GUEST_PORT: u16 = 8080;
@@ -21,24 +21,6 @@ const PROBE_GUEST_PORT: u16 = 8080;
 const BOOT_DEADLINE_S: u64 = 300;
 /// From the poweroff request to QEMU's exit.
 const POWEROFF_DEADLINE_S: u64 = 60;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills QEMU if the test fails before it exits.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn build_test_image(out: &Path) -> build::BuildOutput {
     let mut opts = BuildOptions::new(cloister_tests::workspace_root(), out);
@@ -74,7 +56,7 @@ fn the_image_boots_serves_and_powers_off() {
     assert!(!built.manifest.model_included);
 
     let log = dir.path().join("serial.log");
-    let host_port = free_port();
+    let host_port = cloister_tests::free_port();
     let settings = RunSettings {
         image: image.clone(),
         memory_mib: 1024,
@@ -90,7 +72,7 @@ fn the_image_boots_serves_and_powers_off() {
         fw_cfg: Vec::new(),
     };
     let started = Instant::now();
-    let mut vm = Qemu(
+    let mut vm = KillOnDrop(
         Command::new(&qemu_binary)
             .args(qemu::command_line(&settings))
             .arg("-monitor")

@@ -9,8 +9,8 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloister_image::build::{self, BuildOptions, TeeChoice};
@@ -20,7 +20,7 @@ use cloister_measurements::Measurements;
 use cloister_measurements::attestation;
 use cloister_protocol::attestation::Bundle;
 use cloister_protocol::{ChatRequest, ResponseEvent};
-use cloister_tests::serial;
+use cloister_tests::{KillOnDrop, serial};
 use support::{https, passkey};
 
 /// web-ui's HTTPS and plain HTTP ports in the guest (image/services/web-ui.toml).
@@ -44,14 +44,6 @@ const PROMPT: &str = "Say hello to the booted box.";
 /// Tokens asked for: the answer only has to be non-empty.
 const MAX_TOKENS: u32 = 8;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -68,16 +60,6 @@ impl Drop for SerialOnFailure {
             let text = std::fs::read_to_string(&self.0).unwrap_or_default();
             eprintln!("serial log ({}):\n{text}", self.0.display());
         }
-    }
-}
-
-/// Kills QEMU when the test ends, however it ends.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -143,7 +125,7 @@ fn a_chat_through_the_forwarded_port_of_the_booted_image_gets_an_answer() {
     // Boot as `cloister run` does.
     let log = dir.path().join("serial.log");
     let _serial_on_failure = SerialOnFailure(log.clone());
-    let (https_port, http_port) = (free_port(), free_port());
+    let (https_port, http_port) = (cloister_tests::free_port(), cloister_tests::free_port());
     let settings = RunSettings {
         image: image.clone(),
         memory_mib: MEMORY_MIB,
@@ -168,7 +150,7 @@ fn a_chat_through_the_forwarded_port_of_the_booted_image_gets_an_answer() {
         }],
     };
     let booted = Instant::now();
-    let mut vm = Qemu(
+    let mut vm = KillOnDrop(
         Command::new(&qemu_binary)
             .args(qemu::command_line(&settings))
             .args(["-monitor", "none"])

@@ -100,11 +100,13 @@ async fn serve_connection<I>(
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ClientAddress(peer));
         request.extensions_mut().insert(transport);
-        // Counted from the request until its answer's last byte (or the answer is dropped).
-        let answer = answering.begin();
         let response = router.clone().oneshot(request);
+        let answering = answering.clone();
         async move {
             let response = response.await?;
+            // Counted from the answer's head until its last byte (or the answer is dropped);
+            // not while the request is still being read, so a stalled upload stays idle.
+            let answer = answering.begin();
             Ok::<_, std::convert::Infallible>(response.map(|body| {
                 axum::body::Body::new(CountedBody {
                     body,
@@ -252,8 +254,8 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-/// How many answers of one connection are in progress: from the request until the
-/// answer's body has ended or been dropped.
+/// How many answers of one connection are in progress: from the answer's head until its
+/// body has ended or been dropped.
 #[derive(Debug, Clone, Default)]
 pub struct Answering(Arc<AtomicUsize>);
 

@@ -828,16 +828,7 @@ impl CudaModel {
                 eps,
             )?;
             snap(st, tr, "attn_norm", &b.normed, n * d)?;
-            quantize(
-                st,
-                k,
-                buf(&mut b.normed),
-                buf(&mut b.xq),
-                buf(&mut b.xs),
-                buf(&mut b.xsum),
-                n * d,
-            )?;
-            snap_q8(st, tr, "attn_norm", b, n * d)?;
+            quantize_activations(st, k, b, Activations::Normed, n * d, tr, "attn_norm")?;
             matmul(st, k, &layer.qkv, d, b, n, Target::Qkv, 0, false)?;
             if let Some(bias) = &layer.qkv_bias {
                 let w = qkv_width as i32;
@@ -910,16 +901,15 @@ impl CudaModel {
                 n,
             )?;
             snap(st, tr, "attention", &b.attn, n * q_width)?;
-            quantize(
+            quantize_activations(
                 st,
                 k,
-                buf(&mut b.attn),
-                buf(&mut b.xq),
-                buf(&mut b.xs),
-                buf(&mut b.xsum),
+                b,
+                Activations::Attention,
                 n * q_width,
+                tr,
+                "attention",
             )?;
-            snap_q8(st, tr, "attention", b, n * q_width)?;
             if tr.is_some() {
                 // The output projection alone, into a buffer free at this point.
                 matmul(st, k, &layer.wo, q_width, b, n, Target::GateUp, 0, false)?;
@@ -941,16 +931,7 @@ impl CudaModel {
                 eps,
             )?;
             snap(st, tr, "ffn_norm", &b.normed, n * d)?;
-            quantize(
-                st,
-                k,
-                buf(&mut b.normed),
-                buf(&mut b.xq),
-                buf(&mut b.xs),
-                buf(&mut b.xsum),
-                n * d,
-            )?;
-            snap_q8(st, tr, "ffn_norm", b, n * d)?;
+            quantize_activations(st, k, b, Activations::Normed, n * d, tr, "ffn_norm")?;
             matmul(st, k, &layer.gate_up, d, b, n, Target::GateUp, 0, false)?;
             snap(st, tr, "gate_up", &b.gate_up, n * 2 * c.ffn)?;
             {
@@ -961,16 +942,7 @@ impl CudaModel {
                 unsafe { l.launch(cfg_rows(n, THREADS_PER_ROW_KERNEL)) }?;
             }
             snap(st, tr, "swiglu", &b.act, n * c.ffn)?;
-            quantize(
-                st,
-                k,
-                buf(&mut b.act),
-                buf(&mut b.xq),
-                buf(&mut b.xs),
-                buf(&mut b.xsum),
-                n * c.ffn,
-            )?;
-            snap_q8(st, tr, "swiglu", b, n * c.ffn)?;
+            quantize_activations(st, k, b, Activations::SwiGlu, n * c.ffn, tr, "swiglu")?;
             if tr.is_some() {
                 // The down projection alone, into a buffer free at this point.
                 matmul(st, k, &layer.down, c.ffn, b, n, Target::Qkv, 0, false)?;
@@ -998,16 +970,15 @@ impl CudaModel {
             eps,
         )?;
         snap(st, &mut trace, "output_norm", &b.normed, rows * d)?;
-        quantize(
+        quantize_activations(
             st,
             k,
-            buf(&mut b.normed),
-            buf(&mut b.xq),
-            buf(&mut b.xs),
-            buf(&mut b.xsum),
+            b,
+            Activations::Normed,
             rows * d,
+            &mut trace,
+            "output_norm",
         )?;
-        snap_q8(st, &mut trace, "output_norm", b, rows * d)?;
         let head = self.output.as_ref().unwrap_or(&self.embed);
         matmul(st, k, head, d, b, rows, Target::Logits, 0, false)?;
         let logits = buf(&mut b.logits);
@@ -1109,6 +1080,45 @@ fn norm(
     // SAFETY: matches rms_norm; `rows` (when used) holds n row indices below the batch size.
     unsafe { l.launch(cfg_rows(n, THREADS_PER_ROW_KERNEL)) }?;
     Ok(())
+}
+
+/// Which buffer of activations is quantized for the next matrix product.
+#[derive(Clone, Copy)]
+enum Activations {
+    /// A norm's output.
+    Normed,
+    /// The attention's output.
+    Attention,
+    /// SwiGLU's output.
+    SwiGlu,
+}
+
+/// Quantizes the first `len` values of `from` into the 8-bit activation buffers, and records
+/// them under `name` when tracing.
+fn quantize_activations(
+    st: &Arc<CudaStream>,
+    k: &Kernels,
+    b: &mut Buffers,
+    from: Activations,
+    len: usize,
+    trace: &mut Trace,
+    name: &str,
+) -> Result<(), CudaError> {
+    let x = match from {
+        Activations::Normed => buf(&mut b.normed),
+        Activations::Attention => buf(&mut b.attn),
+        Activations::SwiGlu => buf(&mut b.act),
+    };
+    quantize(
+        st,
+        k,
+        x,
+        buf(&mut b.xq),
+        buf(&mut b.xs),
+        buf(&mut b.xsum),
+        len,
+    )?;
+    snap_q8(st, trace, name, b, len)
 }
 
 /// Quantizes the first `len` values of `x` (a whole number of 32-value blocks).
