@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs what Cloister's build and tests need on a Debian 12 machine, idempotently.
+# Installs what Cloister's build needs on a Debian 12 machine, idempotently; with --tests,
+# also what the tests alone need (Pebble, Chromium, node and playwright-core, wrk, the model
+# fixture, the reference OVMF). scripts/run.sh calls it plain, scripts/test.sh with --tests.
 # Every download is cached under $CLOISTER_CACHE (default /var/cache/cloister), so a second
 # run is quick and a fresh machine only slower. Needs root for apt-get.
 set -euo pipefail
@@ -9,25 +11,34 @@ mkdir -p "$CLOISTER_CACHE"
 
 say() { printf '==> setup: %s\n' "$*" >&2; }
 
-# Debian packages for the image build and boot tests. Only missing ones are installed.
-packages=(qemu-system-x86 zstd cpio iproute2 util-linux xz-utils git python3 python3-pip python3-venv
-  ca-certificates debian-archive-keyring musl-tools libc-bin)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  say "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# Debian packages, only the missing ones installed.
+install_packages() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+# The image build (python3 and pip fetch pinned packages, image/src/fetch.rs) and boot.
+install_packages qemu-system-x86 zstd cpio iproute2 util-linux xz-utils git python3 python3-pip \
+  python3-venv ca-certificates debian-archive-keyring musl-tools libc-bin
 
 # The pinned toolchain's target and components (RUSTUP_AUTO_INSTALL=0 on our machines).
 toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$here/rust-toolchain.toml")
 rustup toolchain list | grep -q "^$toolchain" || rustup toolchain install "$toolchain" --profile minimal
 rustup component add --toolchain "$toolchain" rustfmt clippy >/dev/null 2>&1
 rustup target add --toolchain "$toolchain" x86_64-unknown-linux-musl wasm32-unknown-unknown >/dev/null 2>&1
+
+case ${1:-} in
+  --tests) ;;
+  "") exit 0 ;;
+  *) echo "usage: $0 [--tests]" >&2; exit 2 ;;
+esac
 
 # web-ui's tests: Pebble (ACME), Chromium and playwright-core (passkeys), openssl, wrk.
 say "web-ui test dependencies"

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests beside the code and the end-to-end tests
 # (QEMU boot, Pebble, Chromium, the real model). Installs what they need first
-# (scripts/setup.sh). Dependencies that are missing make tests fail here, never skip.
+# (scripts/setup.sh --tests). Dependencies that are missing make tests fail here, never skip.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 export CLOISTER_CACHE=${CLOISTER_CACHE:-/var/cache/cloister}
-"$here/scripts/setup.sh"
+"$here/scripts/setup.sh" --tests
 set -a
 # shellcheck disable=SC1091
 . "$CLOISTER_CACHE/fixtures.env"
