@@ -68,6 +68,56 @@ pub fn pe(data: &[u8]) {
     let _ = authenticode_sha384(data);
 }
 
+/// GPU attestation reports (SPDM): parsing never panics; a report that parses is verified
+/// against a real H100 chain (signature, FWID, opaque fields), which must not panic either,
+/// and a mutated report never passes the signature check.
+pub fn gpu_spdm(data: &[u8]) {
+    use crate::gpu::{self, Evidence, Inputs, Status};
+    let Ok(report) = gpu::SpdmReport::parse(data) else {
+        return;
+    };
+    assert_eq!(
+        report.signed_bytes().len() + gpu::spdm::SIGNATURE_SIZE_BYTES,
+        data.len()
+    );
+    let _ = (
+        report.driver_version(),
+        report.vbios_version(),
+        report.msrscnt(),
+    );
+    let evidence = [Evidence {
+        arch: "HOPPER".to_owned(),
+        report: data.to_vec(),
+        cert_chain: include_bytes!("../tests/data/nvidia/nvtrust/hopperCertChain.txt").to_vec(),
+    }];
+    let outcome = gpu::verify(&Inputs {
+        evidence: &evidence,
+        nonce: Some(&[0u8; 32]),
+        rims: &[],
+        expected_driver: None,
+        crls: &[],
+        allow_stale_revocation: false,
+        now_unix_s: 1_717_200_000,
+    });
+    let genuine = hex_seed_matches(data);
+    let signature = outcome.gpus[0]
+        .check("gpu_report_signature")
+        .map(|c| c.status);
+    assert!(genuine || signature != Some(Status::Pass));
+}
+
+fn hex_seed_matches(data: &[u8]) -> bool {
+    let seed = include_str!("../tests/data/nvidia/nvtrust/hopperAttestationReport.txt");
+    hex::decode(seed.trim()).is_ok_and(|s| s == data)
+}
+
+/// RIMs (XML): parsing and signature verification never panic.
+pub fn gpu_rim(data: &[u8]) {
+    if let Ok(rim) = crate::gpu::Rim::parse(data) {
+        let _ = rim.verify(&crate::gpu::rim_root(), 1_717_200_000);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The fuzz bodies on real seeds and cheap deterministic mutations of them.
@@ -104,6 +154,17 @@ mod tests {
         let image = crate::pe::tests::synthetic_pe(9, 32);
         for m in mutations(&image, 600) {
             pe(&m);
+        }
+        let report = include_str!("../tests/data/nvidia/nvtrust/hopperAttestationReport.txt");
+        let report = hex::decode(report.trim()).unwrap_or_default();
+        gpu_spdm(&report);
+        for m in mutations(&report, 50) {
+            gpu_spdm(&m);
+        }
+        let rim =
+            include_bytes!("../tests/data/nvidia/nvtrust/1010_0200_882_96005E0001_PROD.swidtag");
+        for m in mutations(rim, 15) {
+            gpu_rim(&m);
         }
     }
 }

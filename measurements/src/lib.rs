@@ -13,6 +13,7 @@ pub mod boot;
 pub mod eventlog;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gpu;
 mod le;
 pub mod measurements;
 pub mod pe;
