@@ -4,8 +4,11 @@
 //! measurements) and `/assets/verifier.wasm` (the verifier). The owner can upload collateral
 //! for a TD that cannot fetch it (`POST /api/owner/collateral`).
 //!
-//! Quotes are expensive: each client address gets a few per minute, and only a few are made
-//! at once. The served certificate can change (ACME renewal); each quote binds the one being
+//! Quotes are expensive: each signed-in user, and each client address without a session,
+//! gets a few per minute (a token bucket, refilled smoothly), and only a few are made at once.
+//! A nonce asked for again within [`RECENT_BUNDLE_LIFETIME`] is answered from the bundle
+//! made for it, free. A bundle made for another nonce is never served: the nonce is what
+//! tells the client the quote is fresh (docs/web-ui.md, "Rate limits"). The served certificate can change (ACME renewal); each quote binds the one being
 //! served at that moment, and the browser attests again when it sees a different one.
 //!
 //! This module must never put anything but public values in an answer: the private channel
@@ -28,7 +31,6 @@ use cloister_tee::TeeKind;
 
 use crate::auth::RateLimiter;
 use crate::chat::{ChatSettings, MAX_COLLATERAL_BYTES, serve};
-use crate::clock::now_s;
 use crate::routes::{AppState, Asset, current_user};
 use crate::security::error_response;
 use crate::server::ClientAddress;
@@ -38,10 +40,26 @@ pub const COLLATERAL_FILE_NAME: &str = "tdx-collateral.json";
 /// Longest wait for a free quote slot before answering 503.
 pub const QUOTE_SLOT_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a bundle is answered again for the same nonce.
+pub const RECENT_BUNDLE_LIFETIME: Duration = Duration::from_secs(300);
+/// Recent bundles kept.
+const RECENT_BUNDLES: usize = 256;
+
+/// A bundle made recently, kept for a client that asks again with the same nonce.
+#[derive(Debug)]
+struct RecentBundle {
+    nonce: Vec<u8>,
+    keys: BoxKeys,
+    made: std::time::Instant,
+    json: Bytes,
+}
+
 /// Rate limits, the collateral cache and the model's name.
 #[derive(Debug)]
 pub struct AttestationState {
-    limiter: RateLimiter,
+    /// Fresh quotes per signed-in user (`u:` id) or, without a session, per address (`a:`).
+    limiter: RateLimiter<String>,
+    recent: std::sync::Mutex<std::collections::VecDeque<RecentBundle>>,
     slots: tokio::sync::Semaphore,
     collateral_file: PathBuf,
     collateral: RwLock<Option<Vec<u8>>>,
@@ -54,12 +72,41 @@ impl AttestationState {
         let collateral_file = state_dir.join(COLLATERAL_FILE_NAME);
         let collateral = std::fs::read(&collateral_file).ok();
         Self {
-            limiter: RateLimiter::new(settings.attestations_per_minute.max(1), 60),
+            limiter: RateLimiter::new(
+                settings.attestations_per_minute.max(1),
+                Duration::from_secs(60) / settings.attestations_per_minute.max(1),
+            ),
+            recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
             slots: tokio::sync::Semaphore::new(settings.concurrent_quotes.max(1)),
             collateral_file,
             collateral: RwLock::new(collateral),
             model_name: RwLock::new(None),
         }
+    }
+
+    /// The bundle made within [`RECENT_BUNDLE_LIFETIME`] for this nonce and these keys.
+    fn recent_bundle(&self, nonce: &[u8], keys: &BoxKeys) -> Option<Bytes> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .iter()
+            .find(|b| {
+                b.nonce == nonce && b.keys == *keys && b.made.elapsed() < RECENT_BUNDLE_LIFETIME
+            })
+            .map(|b| b.json.clone())
+    }
+
+    fn remember_bundle(&self, nonce: Vec<u8>, keys: BoxKeys, json: Bytes) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|b| b.made.elapsed() < RECENT_BUNDLE_LIFETIME);
+        if recent.len() >= RECENT_BUNDLES {
+            recent.pop_front();
+        }
+        recent.push_back(RecentBundle {
+            nonce,
+            keys,
+            made: std::time::Instant::now(),
+            json,
+        });
     }
 
     /// The collateral the owner uploaded, if any.
@@ -263,6 +310,7 @@ pub async fn make_bundle(
 async fn attestation(
     State(state): State<Arc<AppState>>,
     Extension(client): Extension<ClientAddress>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let Some(nonce) = parse_nonce(query.as_deref()) else {
@@ -281,11 +329,35 @@ async fn attestation(
             );
         }
     };
-    if !chat.attestation.limiter.allow(client.0.ip(), now_s()) {
-        return error_response(
+    let Some(spki) = served_spki_sha256(&state) else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "no certificate key");
+    };
+    let keys = BoxKeys {
+        hpke_public_key: *chat.server_key.public_key(),
+        hpke_key_id: chat.server_key.key_id(),
+        tls_spki_sha256: spki,
+    };
+    if let Some(json) = chat.attestation.recent_bundle(&nonce, &keys) {
+        return bundle_answer(json);
+    }
+    // Signed-in users spend their own budget, which nobody else can spend; the rest share
+    // their address's.
+    let budget = match current_user(&state, &headers).await {
+        Some(user) => format!("u:{}", hex::encode(user.id)),
+        None => format!("a:{}", client.0.ip()),
+    };
+    if !chat.attestation.limiter.allow(budget.clone()) {
+        ATTESTATIONS_LIMITED.record();
+        let wait = chat.attestation.limiter.wait_for(&budget);
+        let mut response = error_response(
             StatusCode::TOO_MANY_REQUESTS,
-            "too many attestations; wait a minute",
+            "too many attestations; wait a moment",
         );
+        let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        if let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
     }
     let Ok(Ok(_slot)) =
         tokio::time::timeout(QUOTE_SLOT_WAIT, chat.attestation.slots.acquire()).await
@@ -295,17 +367,9 @@ async fn attestation(
             "the box is busy; try again",
         );
     };
-    let Some(spki) = served_spki_sha256(&state) else {
-        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "no certificate key");
-    };
-    let keys = BoxKeys {
-        hpke_public_key: *chat.server_key.public_key(),
-        hpke_key_id: chat.server_key.key_id(),
-        tls_spki_sha256: spki,
-    };
     let model = model_name(&state).await;
     let cached = chat.attestation.cached_collateral();
-    let bundle = match make_bundle(tee, &keys, nonce, cached, model).await {
+    let bundle = match make_bundle(tee, &keys, nonce.clone(), cached, model).await {
         Ok(bundle) => bundle,
         Err(error) => {
             tracing::error!(error = %error, "the TEE could not make a quote");
@@ -315,7 +379,32 @@ async fn attestation(
             );
         }
     };
-    ([(header::CACHE_CONTROL, "no-store")], Json(bundle)).into_response()
+    let json = match serde_json::to_vec(&bundle) {
+        Ok(json) => Bytes::from(json),
+        Err(_) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode the bundle",
+            );
+        }
+    };
+    chat.attestation.remember_bundle(nonce, keys, json.clone());
+    bundle_answer(json)
+}
+
+/// Attestations refused by the rate limit, for the log's summary.
+static ATTESTATIONS_LIMITED: crate::security::RepeatedEvent =
+    crate::security::RepeatedEvent::new("attestations rate-limited");
+
+fn bundle_answer(json: Bytes) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        json,
+    )
+        .into_response()
 }
 
 async fn measurements(State(state): State<Arc<AppState>>) -> Response {

@@ -6,8 +6,10 @@
 //! most once. This module must never log a token, a code or a credential.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use webauthn_rs::prelude::{
     DiscoverableAuthentication, Passkey, PasskeyRegistration, PublicKeyCredential,
@@ -50,10 +52,19 @@ impl Default for SessionPolicy {
 
 /// Invitations are valid this long.
 pub const INVITATION_LIFETIME_S: i64 = 7 * 24 * 3600;
-/// Sign-in and registration attempts allowed per client address per window.
-pub const SIGN_IN_ATTEMPTS_PER_WINDOW: u32 = 20;
-/// The rate limit's window.
-pub const SIGN_IN_WINDOW_S: i64 = 60;
+/// Sign-in and registration attempts one client address may make at once (a token
+/// bucket's size); then one more each [`SIGN_IN_REFILL`].
+pub const SIGN_IN_BURST: u32 = 20;
+/// How often an address's sign-in bucket gains an attempt back. Smooth: a flood from an
+/// address shared by many users (NAT, a proxy, QEMU's user network) delays the others by
+/// at most this once it stops.
+pub const SIGN_IN_REFILL: Duration = Duration::from_secs(1);
+/// Sign-in attempts with one credential (passkey id) at once; then one each
+/// [`CREDENTIAL_REFILL`]. Counted apart from the address, so that no address can spend
+/// another user's attempts.
+pub const CREDENTIAL_BURST: u32 = 5;
+/// How often a credential's bucket gains an attempt back.
+pub const CREDENTIAL_REFILL: Duration = Duration::from_secs(10);
 
 /// What can go wrong in a ceremony. Messages are fixed text, safe to show.
 #[derive(Debug, thiserror::Error)]
@@ -401,37 +412,73 @@ impl Passkeys {
     }
 }
 
-/// A fixed-window counter per client address.
+/// Token buckets, one per key (a client address, a credential id): `burst` attempts at
+/// once, then one more every `refill`, so a key that stops is whole again after
+/// `burst * refill` and never locked out longer than `refill` after its last attempt.
 #[derive(Debug)]
-pub struct RateLimiter {
-    per_window: u32,
-    window_s: i64,
-    counts: Mutex<HashMap<IpAddr, (i64, u32)>>,
+pub struct RateLimiter<K = IpAddr> {
+    burst: f64,
+    refill: Duration,
+    buckets: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
-impl RateLimiter {
-    /// Allows `per_window` attempts per `window_s` seconds per address.
-    pub fn new(per_window: u32, window_s: i64) -> Self {
+/// Buckets kept at most; full ones are forgotten first.
+const MAX_BUCKETS: usize = 65_536;
+
+impl<K: Hash + Eq> RateLimiter<K> {
+    /// `burst` attempts at once per key, one more every `refill`.
+    pub fn new(burst: u32, refill: Duration) -> Self {
         Self {
-            per_window,
-            window_s,
-            counts: Mutex::new(HashMap::new()),
+            burst: f64::from(burst.max(1)),
+            refill: refill.max(Duration::from_millis(1)),
+            buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Counts one attempt; false if the address is over its allowance.
-    pub fn allow(&self, address: IpAddr, now_s: i64) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if counts.len() > 65_536 {
-            let window_s = self.window_s;
-            counts.retain(|_, (start, _)| now_s - *start < window_s);
+    fn level(&self, tokens: f64, since: Instant, now: Instant) -> f64 {
+        let gained = now.saturating_duration_since(since).as_secs_f64() / self.refill.as_secs_f64();
+        (tokens + gained).min(self.burst)
+    }
+
+    /// Takes one attempt for `key` now; false if its bucket is empty.
+    pub fn allow(&self, key: K) -> bool {
+        self.allow_at(key, Instant::now())
+    }
+
+    /// [`Self::allow`] at `now`.
+    pub fn allow_at(&self, key: K, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_BUCKETS {
+            let burst = self.burst;
+            buckets.retain(|_, (tokens, since)| self.level(*tokens, *since, now) < burst);
+            if buckets.len() >= MAX_BUCKETS {
+                buckets.clear();
+            }
         }
-        let entry = counts.entry(address).or_insert((now_s, 0));
-        if now_s - entry.0 >= self.window_s {
-            *entry = (now_s, 0);
+        let (tokens, since) = buckets.entry(key).or_insert((self.burst, now));
+        let level = self.level(*tokens, *since, now);
+        *since = now;
+        if level >= 1.0 {
+            *tokens = level - 1.0;
+            true
+        } else {
+            *tokens = level;
+            false
         }
-        entry.1 = entry.1.saturating_add(1);
-        entry.1 <= self.per_window
+    }
+
+    /// How long until `key` has an attempt again (zero if it has one now).
+    pub fn wait_for(&self, key: &K) -> Duration {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((tokens, since)) = buckets.get(key) else {
+            return Duration::ZERO;
+        };
+        let level = self.level(*tokens, *since, Instant::now());
+        if level >= 1.0 {
+            Duration::ZERO
+        } else {
+            self.refill.mul_f64(1.0 - level)
+        }
     }
 }
 
@@ -455,14 +502,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_rate_limit_counts_per_address_and_resets() {
-        let limiter = RateLimiter::new(3, 60);
+    fn the_rate_limit_counts_per_key_and_refills_smoothly() {
+        let limiter = RateLimiter::new(3, Duration::from_secs(2));
         let a = IpAddr::from([10, 0, 0, 1]);
         let b = IpAddr::from([10, 0, 0, 2]);
-        assert!((0..3).all(|_| limiter.allow(a, 100)));
-        assert!(!limiter.allow(a, 101));
-        assert!(limiter.allow(b, 101));
-        assert!(limiter.allow(a, 160));
+        let t = Instant::now();
+        assert!((0..3).all(|_| limiter.allow_at(a, t)));
+        assert!(!limiter.allow_at(a, t + Duration::from_millis(100)));
+        assert!(limiter.allow_at(b, t + Duration::from_millis(100)));
+        // Refused attempts do not push the refill back: one attempt per 2 s, from the start.
+        assert!(!limiter.allow_at(a, t + Duration::from_millis(1900)));
+        assert!(limiter.allow_at(a, t + Duration::from_millis(2100)));
+        assert!(!limiter.allow_at(a, t + Duration::from_millis(2200)));
+        // Whole again after burst * refill.
+        let later = t + Duration::from_secs(60);
+        assert!((0..3).all(|_| limiter.allow_at(a, later)));
+        assert!(!limiter.allow_at(a, later));
     }
 
     #[test]

@@ -211,21 +211,24 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
         settings: settings.clone(),
         origins: Arc::new(vec![origin]),
         public_authority,
-        sign_in_limiter: RateLimiter::new(
-            auth::SIGN_IN_ATTEMPTS_PER_WINDOW,
-            auth::SIGN_IN_WINDOW_S,
-        ),
+        sign_in_limiter: RateLimiter::new(auth::SIGN_IN_BURST, auth::SIGN_IN_REFILL),
+        credential_limiter: RateLimiter::new(auth::CREDENTIAL_BURST, auth::CREDENTIAL_REFILL),
+        body_budget: Arc::new(tokio::sync::Semaphore::new(
+            settings.limits.max_body_bytes_in_flight,
+        )),
         assets: Assets::default(),
         chat: Arc::new(chat::ChatState::new(&settings.chat, &settings.state_dir)?),
     });
 
     let (shutdown, shutdown_receiver) = watch::channel(false);
     let limits = settings.limits;
+    let error_headers = server::ErrorHeaders::new(state.chat.is_simulated());
     let mut tasks = vec![tokio::spawn(server::serve_https(
         https_listener,
         tls_config,
         routes::https_router(state.clone()),
         limits,
+        error_headers.clone(),
         shutdown_receiver.clone(),
     ))];
     if let Some(listener) = http_listener {
@@ -233,6 +236,7 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
             listener,
             routes::http_router(state.clone()),
             limits,
+            error_headers,
             shutdown_receiver.clone(),
         )));
     }

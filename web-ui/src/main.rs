@@ -99,6 +99,14 @@ struct Arguments {
     /// Attestations (quotes) one client address may ask for per minute.
     #[arg(long, default_value_t = 30)]
     attestations_per_minute: u32,
+    /// Connections one client address may hold at once (all addresses: 1024). Behind a
+    /// proxy or NAT every client shares the proxy's address: raise it to the global cap.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_address: usize,
+    /// Repeated events (refused sign-ins, closed connections) are logged once per this
+    /// many seconds, with their count.
+    #[arg(long, default_value_t = 60)]
+    log_summary_interval_s: u64,
 }
 
 fn settings(arguments: Arguments) -> anyhow::Result<Settings> {
@@ -128,6 +136,10 @@ fn settings(arguments: Arguments) -> anyhow::Result<Settings> {
         .transpose()
         .context("--model-runner")?;
     settings.chat.attestations_per_minute = arguments.attestations_per_minute;
+    settings.limits.max_connections_per_address = arguments.max_connections_per_address.max(1);
+    cloister_web_ui::security::set_summary_interval(Duration::from_secs(
+        arguments.log_summary_interval_s.max(1),
+    ));
     if let Some(directory) = arguments.acme_directory {
         let mut acme = AcmeSettings::new(directory);
         acme.challenge = match arguments.acme_challenge {

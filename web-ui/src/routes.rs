@@ -103,8 +103,12 @@ pub struct AppState {
     pub origins: Arc<Vec<String>>,
     /// `host[:port]` for redirects to HTTPS.
     pub public_authority: String,
-    /// Sign-in and registration attempts.
+    /// Sign-in and registration attempts, per client address.
     pub sign_in_limiter: RateLimiter,
+    /// Sign-in attempts, per credential id (apart from the address's).
+    pub credential_limiter: RateLimiter<String>,
+    /// Request body bytes all requests together may hold (see [`guard_body`]).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
     /// Static files.
     pub assets: Assets,
     /// The attested chat (`chat.rs`).
@@ -149,6 +153,7 @@ pub fn https_router(state: Arc<AppState>) -> Router {
         .route("/api/owner/passkeys/{id}/revoke", post(revoke_passkey))
         .merge(crate::chat::chat_routes())
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not found") })
+        .layer(middleware::from_fn_with_state(state.clone(), guard_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             rotate_session,
@@ -209,6 +214,114 @@ async fn redirect_to_https(State(state): Shared, uri: Uri) -> Response {
 }
 
 // ---- middleware ---------------------------------------------------------------------
+
+/// Who may send a body to a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyNeeds {
+    /// Anyone (sign-in, setup, invitations, sign-out).
+    Nothing,
+    /// A signed-in user.
+    Session,
+    /// The owner.
+    Owner,
+}
+
+/// Longest wait for room in the body budget before answering 503.
+pub const BODY_BUDGET_WAIT: Duration = Duration::from_secs(5);
+
+/// The largest body a `POST` to `path` may carry, and who may send it. The one table of
+/// body limits (docs/web-ui.md lists it).
+pub fn body_policy(path: &str) -> (usize, BodyNeeds) {
+    use crate::chat::{MAX_CHAT_BODY_BYTES, MAX_COLLATERAL_BYTES, MAX_HISTORY_BODY_BYTES};
+    let small = api::MAX_BODY_BYTES;
+    match path {
+        "/api/setup/begin" | "/api/setup/finish" | "/api/invite/begin" | "/api/invite/finish"
+        | "/api/signin/begin" | "/api/signin/finish" | "/api/signout" => {
+            (small, BodyNeeds::Nothing)
+        }
+        "/api/chat" => (MAX_CHAT_BODY_BYTES, BodyNeeds::Session),
+        "/api/owner/collateral" => (MAX_COLLATERAL_BYTES, BodyNeeds::Owner),
+        "/api/history/keys" | "/api/history/delete-all" => (small, BodyNeeds::Session),
+        p if p.starts_with("/api/owner/") => (small, BodyNeeds::Owner),
+        p if p.starts_with("/api/history/") && p.ends_with("/delete") => {
+            (small, BodyNeeds::Session)
+        }
+        p if p.starts_with("/api/history/") => (MAX_HISTORY_BODY_BYTES, BodyNeeds::Session),
+        p if p.starts_with("/api/") => (small, BodyNeeds::Session),
+        // Pages and the fallback read no body.
+        _ => (0, BodyNeeds::Nothing),
+    }
+}
+
+/// Middleware, before any handler reads a byte of a body: the header list is within
+/// its limit (431); the sender may send this route a body (401 or 403 at once, unread); the
+/// declared length is within the route's limit (413 at once); the body is counted against
+/// the route's limit as it streams in (413 at the limit) and against the body budget of all
+/// requests together (its reservation is held until the answer's head is ready; 503 if the
+/// budget stays full).
+async fn guard_body(State(state): Shared, request: Request, next: Next) -> Response {
+    if security::header_list_size(request.headers()) > state.settings.limits.max_header_bytes {
+        return error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large",
+        );
+    }
+    if request.method() == axum::http::Method::GET || request.method() == axum::http::Method::HEAD {
+        return next.run(request).await;
+    }
+    let (limit, needs) = body_policy(request.uri().path());
+    match needs {
+        BodyNeeds::Nothing => {}
+        BodyNeeds::Session | BodyNeeds::Owner => {
+            match current_user(&state, request.headers()).await {
+                None => return error_response(StatusCode::UNAUTHORIZED, "sign in first"),
+                Some(user) if needs == BodyNeeds::Owner && !user.is_owner => {
+                    return error_response(StatusCode::FORBIDDEN, "owner only");
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    let reserve = declared.map_or(limit, |length| length as usize).min(limit);
+    let _reservation = if reserve == 0 {
+        None
+    } else {
+        let permits = u32::try_from(reserve).unwrap_or(u32::MAX);
+        match tokio::time::timeout(
+            BODY_BUDGET_WAIT,
+            state.body_budget.clone().acquire_many_owned(permits),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                BODY_BUDGET_FULL.record();
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the box is busy; try again",
+                );
+            }
+        }
+    };
+    let request =
+        request.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit)));
+    next.run(request).await
+}
+
+/// Requests refused because the body budget stayed full.
+static BODY_BUDGET_FULL: security::RepeatedEvent =
+    security::RepeatedEvent::new("requests refused: body budget full");
+/// Sign-in attempts refused by a rate limit.
+static SIGN_IN_LIMITED: security::RepeatedEvent =
+    security::RepeatedEvent::new("sign-in attempts rate-limited");
 
 async fn ensure_csrf_cookie(mut request: Request, next: Next) -> Response {
     let existing = cookie(request.headers(), CSRF_COOKIE)
@@ -392,18 +505,43 @@ fn auth_error(error: AuthError) -> Response {
         AuthError::UnknownPasskey => "this passkey is not registered here",
         AuthError::Revoked => "this account is revoked",
         AuthError::BadName => "the name must be 1 to 64 characters",
-        AuthError::RateLimited => "too many attempts; wait a minute",
+        AuthError::RateLimited => "too many attempts; wait a moment",
         AuthError::Store(_) => "the box could not store this",
     };
     error_response(status, message)
 }
 
 fn rate_limited(state: &AppState, client: ClientAddress) -> Result<(), Response> {
-    if state.sign_in_limiter.allow(client.0.ip(), now_s()) {
+    let address = client.0.ip();
+    if state.sign_in_limiter.allow(address) {
         Ok(())
     } else {
-        tracing::info!(client = %client.0.ip(), "sign-in attempts rate-limited");
-        Err(auth_error(AuthError::RateLimited))
+        Err(refused_attempt(state.sign_in_limiter.wait_for(&address)))
+    }
+}
+
+/// A refused sign-in attempt: counted for the log's summary, answered 429 with when to
+/// try again.
+fn refused_attempt(wait: Duration) -> Response {
+    SIGN_IN_LIMITED.record();
+    let mut response = auth_error(AuthError::RateLimited);
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// The per-credential limit: attempts with one passkey, whatever address they come from.
+fn credential_limited(state: &AppState, credential: &serde_json::Value) -> Result<(), Response> {
+    let Some(id) = credential.get("id").and_then(|id| id.as_str()) else {
+        return Ok(());
+    };
+    let key: String = id.chars().take(256).collect();
+    if state.credential_limiter.allow(key.clone()) {
+        Ok(())
+    } else {
+        Err(refused_attempt(state.credential_limiter.wait_for(&key)))
     }
 }
 
@@ -723,6 +861,7 @@ where
 {
     rate_limited(state, client)?;
     let request = credential_value(body)?;
+    credential_limited(state, &request.credential)?;
     let credential: C =
         serde_json::from_value(request.credential).map_err(|_| body_error(BodyError::Malformed))?;
     let ceremony = request.ceremony;

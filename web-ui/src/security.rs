@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ring::rand::{SecureRandom, SystemRandom};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::store::constant_time_eq;
 
@@ -219,6 +220,78 @@ pub async fn request_deadline(
         Ok(response) => response,
         Err(_) => error_response(StatusCode::REQUEST_TIMEOUT, "request took too long"),
     }
+}
+
+/// How often repeated events are summarised in the log (see [`RepeatedEvent`]).
+static SUMMARY_INTERVAL_MS: AtomicU64 = AtomicU64::new(60_000);
+
+/// Sets how often repeated events are summarised (the default is a minute).
+pub fn set_summary_interval(interval: std::time::Duration) {
+    let ms = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    SUMMARY_INTERVAL_MS.store(ms, Ordering::Relaxed);
+}
+
+/// An event that an attacker can repeat at will (a refused sign-in, a closed connection):
+/// counted, and written to the log once per interval with its count, never once per
+/// event, so that a flood cannot push everything else out of the owner's view of the log.
+#[derive(Debug)]
+pub struct RepeatedEvent {
+    what: &'static str,
+    count: AtomicU64,
+    scheduled: AtomicBool,
+}
+
+impl RepeatedEvent {
+    /// An event described by `what` in the log.
+    pub const fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            count: AtomicU64::new(0),
+            scheduled: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts one; the first of an interval schedules the interval's summary line.
+    pub fn record(&'static self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        if self.scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let interval =
+            std::time::Duration::from_millis(SUMMARY_INTERVAL_MS.load(Ordering::Relaxed));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(interval).await;
+                    self.flush(interval);
+                });
+            }
+            Err(_) => self.flush(interval),
+        }
+    }
+
+    fn flush(&self, interval: std::time::Duration) {
+        self.scheduled.store(false, Ordering::Release);
+        let count = self.count.swap(0, Ordering::AcqRel);
+        if count > 0 {
+            tracing::info!(
+                "{}: {count} in the last {} s",
+                self.what,
+                interval.as_secs_f64()
+            );
+        }
+    }
+}
+
+/// The size of a header list as HTTP/2 counts it (RFC 9113 section 6.5.2: name, value and
+/// 32 bytes per field).
+pub fn header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 #[cfg(test)]
