@@ -8,6 +8,7 @@
 //! - [`build`]: the whole build and its manifest, and `--check`;
 //! - [`expected`]: the measurements a booted image should show, for `cloister run`;
 //! - [`qemu`]: the QEMU command lines (TCG, KVM, TDX) and the host probes.
+//! - [`verity`]: model disks, each a GGUF file and its dm-verity hash tree.
 //!
 //! It must never read a mirror host from anywhere but the machine's apt configuration,
 //! and never let the building machine's time, umask, folder or cargo home reach an output.
@@ -23,6 +24,7 @@ pub mod lock;
 pub mod modules;
 pub mod progress;
 pub mod qemu;
+pub mod verity;
 
 /// Everything that can stop a build, a check or a boot.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
-//! The boot sequence of PID 1, phase by phase: mounts, modules, entropy, network, then the
-//! supervisor. Each phase prints `init: <phase> boottime_ms=<CLOCK_BOOTTIME ms>` on the
+//! The boot sequence of PID 1, phase by phase: mounts, modules (and the model disks,
+//! mapped with dm-verity), entropy, network, then the supervisor. Each phase prints
+//! `init: <phase> boottime_ms=<CLOCK_BOOTTIME ms>` on the
 //! console; the image's boot-time figures are read from those lines.
 //!
 //! Only a missing /proc, /sys, /dev or /run stops the boot (straight to power-off); every
@@ -93,6 +94,9 @@ where
     );
     mounted.extend(mount_all(system, &mount_plan(MountStage::Late)).mounted);
     mark_phase(system, "modules_done");
+
+    // Model disks, before any service: dm-mod, dm-verity and virtio_blk are loaded now.
+    crate::disks::map_model_disks(system, &options.models, crate::disks::DISK_WAIT_MAX_MS);
 
     if let Err(error) = system.create_dir_all(Path::new(RUNTIME_DIR)) {
         tracing::warn!("cannot create {RUNTIME_DIR}: {error}");

@@ -45,6 +45,62 @@ pub struct BootOptions {
     pub network: NetworkMode,
     /// `cloister.dns=ADDR[,ADDR...]`; replaces the servers DHCP offers.
     pub dns: Vec<Ipv4Addr>,
+    /// `cloister.model=NAME:BYTES:ROOT`, once per model disk, in disk order: the N-th
+    /// (from 0) is the disk whose virtio serial is `cloister-model-N`.
+    pub models: Vec<ModelDiskSpec>,
+}
+
+/// One model disk as the command line (measured into RTMR2) describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelDiskSpec {
+    /// Its place among the `cloister.model=` options, from 0, bad ones counted.
+    pub index: usize,
+    /// The mapping's name: the model is served from `/dev/mapper/<name>`.
+    pub name: String,
+    /// The model file's size in bytes.
+    pub data_bytes: u64,
+    /// The dm-verity root hash (SHA-256).
+    pub root: [u8; 32],
+}
+
+impl ModelDiskSpec {
+    /// The virtio serial of its disk (QEMU's `-device virtio-blk-pci,serial=`).
+    pub fn serial(&self) -> String {
+        format!("cloister-model-{}", self.index)
+    }
+}
+
+/// The most model disks the command line may list.
+pub const MODEL_DISKS_MAX: usize = 16;
+
+fn parse_model(value: &str) -> Result<ModelDiskSpec, &'static str> {
+    let mut parts = value.split(':');
+    let (Some(name), Some(bytes), Some(root), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("expected NAME:BYTES:ROOT");
+    };
+    if !crate::dm::is_valid_name(name) || name == "control" {
+        return Err("a name of 1-127 letters, digits, . _ -");
+    }
+    let data_bytes: u64 = bytes.parse().map_err(|_| "bad size")?;
+    if data_bytes == 0 || data_bytes > (1 << 50) {
+        return Err("size out of range");
+    }
+    if root.len() != 64 {
+        return Err("the root is 64 hex digits");
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte =
+            u8::from_str_radix(&root[2 * i..2 * i + 2], 16).map_err(|_| "bad hex in the root")?;
+    }
+    Ok(ModelDiskSpec {
+        index: 0,
+        name: name.to_owned(),
+        data_bytes,
+        root: out,
+    })
 }
 
 impl BootOptions {
@@ -154,6 +210,7 @@ fn parse_dns(value: &str) -> Result<Vec<Ipv4Addr>, &'static str> {
 pub fn parse_cmdline(cmdline: &str) -> (BootOptions, Vec<CmdlineError>) {
     let mut options = BootOptions::default();
     let mut errors = Vec::new();
+    let mut model_count = 0usize;
     for word in words(cmdline) {
         let Some((key, value)) = word.split_once('=') else {
             continue;
@@ -183,6 +240,22 @@ pub fn parse_cmdline(cmdline: &str) -> (BootOptions, Vec<CmdlineError>) {
                 Ok(servers) => options.dns = servers,
                 Err(reason) => errors.push(refuse(reason)),
             },
+            // Repeatable: each occurrence adds a disk. A bad one is reported and skipped,
+            // and later disks keep their place (their serial counts every occurrence).
+            "cloister.model" => {
+                let index = model_count;
+                model_count += 1;
+                match parse_model(value) {
+                    _ if index >= MODEL_DISKS_MAX => {
+                        errors.push(refuse("more than 16 model disks"))
+                    }
+                    Ok(model) if options.models.iter().any(|m| m.name == model.name) => {
+                        errors.push(refuse("a second model of that name"))
+                    }
+                    Ok(model) => options.models.push(ModelDiskSpec { index, ..model }),
+                    Err(reason) => errors.push(refuse(reason)),
+                }
+            }
             _ => {}
         }
     }
@@ -281,5 +354,35 @@ mod tests {
         assert!(!is_valid_hostname("under_score"));
         assert!(!is_valid_hostname(&"a".repeat(65)));
         assert!(is_valid_hostname(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn model_disks_are_listed_in_order_and_bad_ones_keep_their_place() {
+        let root = "ab".repeat(32);
+        let (options, errors) = parse_cmdline(&format!(
+            "cloister.model=smol:1000:{root} cloister.model=bad:0:{root} \
+             cloister.model=two.Q4_1:5:{} cloister.model=smol:9:{root} cloister.model=x:1:zz",
+            "01".repeat(32)
+        ));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(options.models.len(), 2);
+        assert_eq!(options.models[0].name, "smol");
+        assert_eq!(options.models[0].data_bytes, 1000);
+        assert_eq!(options.models[0].root, [0xab; 32]);
+        assert_eq!(options.models[0].serial(), "cloister-model-0");
+        assert_eq!(options.models[1].name, "two.Q4_1");
+        assert_eq!(options.models[1].serial(), "cloister-model-2");
+        for bad in [
+            "a:1",
+            "a/b:1:{root}",
+            "control:1:{root}",
+            "a:x:{root}",
+            "a:1:abc",
+        ] {
+            let (options, errors) =
+                parse_cmdline(&format!("cloister.model={}", bad.replace("{root}", &root)));
+            assert!(options.models.is_empty(), "{bad}");
+            assert_eq!(errors.len(), 1, "{bad}");
+        }
     }
 }

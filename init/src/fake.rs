@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::dhcp::packet::DhcpPacket;
+use crate::dm::DmCommand;
 use crate::sys::{
     Clock, CpuRandom, DhcpTransport, MountRequest, PowerAction, Reaped, ShutdownSignal, System,
 };
@@ -56,6 +57,15 @@ pub enum Call {
     Sync,
     Reboot(PowerAction),
     DisableCtrlAltDel,
+    DmIoctl {
+        command: DmCommand,
+        name: String,
+    },
+    ReadAt {
+        path: PathBuf,
+        offset: u64,
+        len: usize,
+    },
 }
 
 /// How a fake DHCP server answers one client datagram: the replies it sends back.
@@ -80,6 +90,9 @@ struct State {
     server_fallback: Option<ServerStep>,
     pending_replies: VecDeque<Vec<u8>>,
     sent: Vec<Vec<u8>>,
+    dm_answers: HashMap<DmCommand, Vec<u8>>,
+    dm_failures: HashMap<DmCommand, i32>,
+    last_dm_buffer: Vec<u8>,
 }
 
 /// The fake system. Clones share one state.
@@ -197,6 +210,21 @@ impl FakeSystem {
     pub fn advance_ms(&self, ms: u64) {
         self.lock().now_ms += ms;
     }
+    /// The buffer the fake kernel writes back for a device-mapper command (the request's
+    /// own bytes when none is set).
+    pub fn set_dm_answer(&self, command: DmCommand, answer: Vec<u8>) {
+        self.lock().dm_answers.insert(command, answer);
+    }
+    pub fn fail_dm(&self, command: DmCommand, code: i32) {
+        self.lock().dm_failures.insert(command, code);
+    }
+    /// The last device-mapper buffer as the fake kernel received it.
+    pub fn last_dm_buffer(&self) -> Vec<u8> {
+        self.lock().last_dm_buffer.clone()
+    }
+    pub fn fail_read(&self, path: &str, code: i32) {
+        self.fail("read", path, code);
+    }
 }
 
 impl Clock for FakeSystem {
@@ -286,6 +314,38 @@ impl System for FakeSystem {
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         self.record(Call::CreateDir(path.to_path_buf()));
+        Ok(())
+    }
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.record(Call::ReadAt {
+            path: path.to_path_buf(),
+            offset,
+            len: buf.len(),
+        });
+        self.failure("read", path)?;
+        let state = self.lock();
+        let contents = state.files.get(path).ok_or_else(|| errno(libc::ENOENT))?;
+        let start = usize::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
+        let end = start
+            .checked_add(buf.len())
+            .ok_or_else(|| errno(libc::EINVAL))?;
+        let bytes = contents.get(start..end).ok_or_else(|| errno(libc::EIO))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+    fn dm_ioctl(&self, command: DmCommand, buf: &mut [u8]) -> io::Result<()> {
+        let name_end = buf[48..176].iter().position(|&b| b == 0).unwrap_or(128);
+        let name = String::from_utf8_lossy(&buf[48..48 + name_end]).into_owned();
+        self.record(Call::DmIoctl { command, name });
+        let mut state = self.lock();
+        state.last_dm_buffer = buf.to_vec();
+        if let Some(code) = state.dm_failures.get(&command) {
+            return Err(errno(*code));
+        }
+        if let Some(answer) = state.dm_answers.get(&command) {
+            let n = answer.len().min(buf.len());
+            buf[..n].copy_from_slice(&answer[..n]);
+        }
         Ok(())
     }
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {

@@ -11,6 +11,8 @@
 pub mod boot;
 pub mod cmdline;
 pub mod dhcp;
+pub mod disks;
+pub mod dm;
 pub mod entropy;
 #[cfg(test)]
 mod fake;

@@ -19,6 +19,7 @@ use rustix::mount::{MountFlags as RustixMountFlags, UnmountFlags};
 use rustix::net::{AddressFamily, SocketType, ipproto, sockopt};
 use rustix::rand::GetRandomFlags;
 
+use crate::dm::DmCommand;
 use crate::sys::{
     Clock, CpuRandom, DhcpTransport, MountRequest, PowerAction, Reaped, ShutdownSignal, System,
 };
@@ -28,6 +29,9 @@ use crate::sys::{
 const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
+
+/// device-mapper's control node, which devtmpfs creates when dm-mod loads.
+const DM_CONTROL_PATH: &str = "/dev/mapper/control";
 
 /// The machine itself.
 #[derive(Clone, Copy, Debug, Default)]
@@ -258,6 +262,41 @@ impl System for LinuxSystem {
 
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, link)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        File::open(path)?.read_exact_at(buf, offset)
+    }
+
+    fn dm_ioctl(&self, command: DmCommand, buf: &mut [u8]) -> io::Result<()> {
+        // The kernel copies `data_size` bytes from the buffer and writes its answer within
+        // them: refuse a buffer that claims more than it has.
+        let claimed = buf
+            .get(12..16)
+            .map(|b| u32::from_ne_bytes(b.try_into().expect("four bytes")) as usize);
+        if buf.len() < crate::dm::DM_IOCTL_BYTES || claimed.is_none_or(|n| n > buf.len()) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let control = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(DM_CONTROL_PATH)?;
+        // SAFETY: `buf` is a live, exclusively borrowed buffer of at least `data_size`
+        // bytes (checked above), which is all the kernel reads or writes for a dm ioctl
+        // (dm-ioctl.h: data_size is the total size of the buffer passed in); the fd is
+        // open for the whole call.
+        let result = unsafe {
+            libc::ioctl(
+                control.as_raw_fd(),
+                command.request() as _,
+                buf.as_mut_ptr(),
+            )
+        };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn mount(&self, request: &MountRequest) -> io::Result<()> {

@@ -112,6 +112,13 @@ pub trait System: Clock {
     /// Creates `link` pointing at `target`.
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
 
+    /// Reads exactly `buf.len()` bytes at `offset` of a file or block device (`pread`).
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// One device-mapper ioctl on `/dev/mapper/control`. `buf` is the whole request
+    /// (`struct dm_ioctl` and its data, built by [`crate::dm`]); the kernel's answer is
+    /// written back into it.
+    fn dm_ioctl(&self, command: crate::dm::DmCommand, buf: &mut [u8]) -> io::Result<()>;
+
     /// `mount(2)`.
     fn mount(&self, request: &MountRequest) -> io::Result<()>;
     /// `umount2(2)`, with `MNT_DETACH` when `detach`.
