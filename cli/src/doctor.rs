@@ -15,16 +15,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut report = cloister_image::host::report();
+    let report = cloister_image::host::report();
     let vmlinuz = args.image.join(cloister_image::build::VMLINUZ);
-    let kernel_probe = match (&report.kvm, qemu::find_qemu(), vmlinuz.is_file()) {
-        (Ok(()), Ok(binary), true) => {
-            report.kvm = qemu::probe_kvm_boot(&binary, &vmlinuz);
-            true
-        }
-        _ => false,
+    // The one-instruction guest first; when it ran, the image's own kernel.
+    let (kvm, kernel_probe) = match (&report.kvm, qemu::find_qemu(), vmlinuz.is_file()) {
+        (Ok(()), Ok(binary), true) => (qemu::probe_kvm_boot(&binary, &vmlinuz), true),
+        (probe, ..) => (probe.clone().map_err(|e| e.to_string()), false),
     };
-    match &report.kvm {
+    match &kvm {
         Ok(()) if kernel_probe => println!("KVM:  usable (the image's kernel booted under KVM)"),
         Ok(()) => println!(
             "KVM:  a one-instruction guest ran; build the image to check a real kernel boots"
@@ -53,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Err(why) => println!("QEMU: missing ({why}); install it with `{QEMU_INSTALL_HINT}`"),
     }
-    let verdict = match (&report.kvm, &report.tdx, &report.qemu) {
+    let verdict = match (&kvm, &report.tdx, &report.qemu) {
         (_, _, Err(_)) => "cannot boot the image until QEMU is installed",
         (Ok(()), Ok(()), Ok(v)) if (v.0, v.1) >= TDX_QEMU_MIN => "can run the image as a TDX guest",
         (Ok(()), _, Ok(_)) => "can run the image under KVM (not as a TD)",

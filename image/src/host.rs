@@ -1,197 +1,142 @@
 //! What this host can do: whether KVM really runs a guest (a tiny real-mode guest that
-//! executes `hlt`), whether KVM offers TDX VMs, and which QEMU is installed. These are
-//! the only raw ioctls of the crate. It must never leave a VM or a mapping behind, and
-//! never claim KVM works from the mere presence of `/dev/kvm`.
+//! executes `hlt`), whether KVM offers TDX VMs, and which QEMU is installed. KVM is reached
+//! through rust-vmm's `kvm-ioctls` (the crate Firecracker and Cloud Hypervisor build on;
+//! Firecracker's `vstate/kvm.rs` is the model): no ioctl number or register offset is
+//! written here. It must never leave a VM behind, and never claim KVM works from the mere
+//! presence of `/dev/kvm`.
 
 #![allow(unsafe_code)]
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use kvm_bindings::{KVM_API_VERSION, KVM_CAP_VM_TYPES, KVM_X86_TDX_VM, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit};
 
 use crate::qemu::{QEMU_BINARY, parse_version};
 
-const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
-const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
-const KVM_CHECK_EXTENSION: libc::c_ulong = 0xAE03;
-const KVM_GET_VCPU_MMAP_SIZE: libc::c_ulong = 0xAE04;
-const KVM_CREATE_VCPU: libc::c_ulong = 0xAE41;
-const KVM_SET_USER_MEMORY_REGION: libc::c_ulong = 0x4020_AE46;
-const KVM_SET_REGS: libc::c_ulong = 0x4090_AE82;
-const KVM_GET_SREGS: libc::c_ulong = 0x8138_AE83;
-const KVM_SET_SREGS: libc::c_ulong = 0x4138_AE84;
-const KVM_RUN: libc::c_ulong = 0xAE80;
-/// The only KVM API version there has ever been.
-const KVM_API_VERSION: libc::c_int = 12;
-/// `KVM_CAP_VM_TYPES`: a bit mask of the VM types KVM can create.
-const KVM_CAP_VM_TYPES: libc::c_ulong = 235;
-/// `KVM_X86_TDX_VM`, the bit of a TD in that mask.
-const KVM_X86_TDX_VM: u32 = 5;
-/// `KVM_EXIT_HLT`.
-const KVM_EXIT_HLT: u32 = 5;
-/// Size of `struct kvm_sregs` and `struct kvm_regs` on x86-64.
-const KVM_SREGS_BYTES: usize = 312;
-const KVM_REGS_BYTES: usize = 144;
 /// Guest-physical address of the probe's one page of code.
 const PROBE_GUEST_ADDR: u64 = 0x1000;
 const PAGE_BYTES: usize = 4096;
+/// `hlt`.
+const HLT_OPCODE: u8 = 0xf4;
+
+/// Why a KVM probe failed. Each message names the step; the kernel's errno is part of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvmProbeError {
+    /// The device could not be opened (absent, or no permission).
+    #[error("cannot open {}: {errno}", path.display())]
+    Open {
+        path: PathBuf,
+        errno: kvm_ioctls::Error,
+    },
+    /// The device answered with an API version KVM never had (it is not KVM).
+    #[error("{} answers KVM API version {version}, not {KVM_API_VERSION}: it is not KVM", path.display())]
+    ApiVersion { path: PathBuf, version: i32 },
+    /// A KVM call failed.
+    #[error("{call}: {errno}")]
+    Call {
+        call: &'static str,
+        errno: kvm_ioctls::Error,
+    },
+    /// The probe guest stopped for another reason than its `hlt`.
+    #[error("the probe guest exited with {exit}, not HLT")]
+    UnexpectedExit { exit: String },
+    /// KVM cannot create TD VMs: `KVM_CAP_VM_TYPES` lacks `KVM_X86_TDX_VM`.
+    #[error("KVM offers VM types {types:#x}, without TDX (bit {KVM_X86_TDX_VM})")]
+    NoTdx { types: u32 },
+}
 
 /// What `cloister doctor` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostReport {
     /// Ok when a guest ran under KVM, else why not.
-    pub kvm: Result<(), String>,
+    pub kvm: Result<(), KvmProbeError>,
     /// Ok when KVM can create TD VMs, else why not.
-    pub tdx: Result<(), String>,
+    pub tdx: Result<(), KvmProbeError>,
     /// QEMU's version, or why it is unusable.
     pub qemu: Result<(u32, u32, u32), String>,
 }
 
-fn ioctl(fd: RawFd, request: libc::c_ulong, arg: libc::c_ulong) -> std::io::Result<libc::c_int> {
-    // SAFETY: every request passed here either takes an integer argument or a pointer to
-    // a buffer the caller owns, of the size the request encodes; the kernel checks fds.
-    let rc = unsafe { libc::ioctl(fd, request, arg) };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
+/// Opens KVM at `dev` and checks it speaks the one KVM API there has ever been.
+fn open_kvm(dev: &Path) -> Result<Kvm, KvmProbeError> {
+    let open_error = |errno| KvmProbeError::Open {
+        path: dev.to_owned(),
+        errno,
+    };
+    let path = CString::new(dev.as_os_str().as_bytes())
+        .map_err(|_| open_error(kvm_ioctls::Error::new(libc::EINVAL)))?;
+    let kvm = Kvm::new_with_path(&path).map_err(open_error)?;
+    let version = kvm.get_api_version();
+    if version != KVM_API_VERSION as i32 {
+        return Err(KvmProbeError::ApiVersion {
+            path: dev.to_owned(),
+            version,
+        });
     }
+    Ok(kvm)
 }
 
-fn open_kvm(dev: &Path) -> Result<File, String> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .map_err(|e| format!("cannot open {}: {e}", dev.display()))
-}
-
-fn owned(fd: libc::c_int) -> OwnedFd {
-    // SAFETY: `fd` was just returned by a successful KVM ioctl that creates a new fd,
-    // and nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-/// A page of anonymous memory, unmapped on drop.
-struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize, fd: Option<RawFd>) -> std::io::Result<Self> {
-        let (flags, fd) = match fd {
-            Some(fd) => (libc::MAP_SHARED, fd),
-            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
-        };
-        // SAFETY: a fresh mapping at an address of the kernel's choosing; no existing
-        // memory is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(Self { ptr, len })
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned, and no reference into the
-        // mapping outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr, self.len);
-        }
-    }
-}
+/// The probe guest's memory: one page-aligned page holding `hlt`.
+#[repr(C, align(4096))]
+struct GuestPage([u8; PAGE_BYTES]);
 
 /// Runs a one-instruction guest (`hlt` in real mode) under KVM at `dev`.
-pub fn probe_kvm(dev: &Path) -> Result<(), String> {
+pub fn probe_kvm(dev: &Path) -> Result<(), KvmProbeError> {
+    let call = |call| move |errno| KvmProbeError::Call { call, errno };
     let kvm = open_kvm(dev)?;
-    let version = ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION, 0).map_err(|e| e.to_string())?;
-    if version != KVM_API_VERSION {
-        return Err(format!("unexpected KVM API version {version}"));
-    }
-    let vm =
-        owned(ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0).map_err(|e| format!("KVM_CREATE_VM: {e}"))?);
-    let memory = Mapping::new(PAGE_BYTES, None).map_err(|e| format!("mmap: {e}"))?;
-    // SAFETY: the mapping is PAGE_BYTES long and writable; one byte is written.
-    unsafe { *(memory.ptr as *mut u8) = 0xf4 }; // hlt
-    let mut region = [0u8; 32];
-    region[8..16].copy_from_slice(&PROBE_GUEST_ADDR.to_ne_bytes());
-    region[16..24].copy_from_slice(&(PAGE_BYTES as u64).to_ne_bytes());
-    region[24..32].copy_from_slice(&(memory.ptr as u64).to_ne_bytes());
-    ioctl(
-        vm.as_raw_fd(),
-        KVM_SET_USER_MEMORY_REGION,
-        region.as_ptr() as libc::c_ulong,
-    )
-    .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
-    let vcpu = owned(
-        ioctl(vm.as_raw_fd(), KVM_CREATE_VCPU, 0).map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?,
-    );
-    let run_size = ioctl(kvm.as_raw_fd(), KVM_GET_VCPU_MMAP_SIZE, 0).map_err(|e| e.to_string())?;
-    let run = Mapping::new(run_size as usize, Some(vcpu.as_raw_fd()))
-        .map_err(|e| format!("mmap kvm_run: {e}"))?;
-    let mut sregs = [0u8; KVM_SREGS_BYTES];
-    ioctl(
-        vcpu.as_raw_fd(),
-        KVM_GET_SREGS,
-        sregs.as_mut_ptr() as libc::c_ulong,
-    )
-    .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-    // cs is the first kvm_segment: base (u64) at 0, selector (u16) at 12.
-    sregs[0..8].copy_from_slice(&0u64.to_ne_bytes());
-    sregs[12..14].copy_from_slice(&0u16.to_ne_bytes());
-    ioctl(
-        vcpu.as_raw_fd(),
-        KVM_SET_SREGS,
-        sregs.as_ptr() as libc::c_ulong,
-    )
-    .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
-    let mut regs = [0u8; KVM_REGS_BYTES];
-    regs[16 * 8..17 * 8].copy_from_slice(&PROBE_GUEST_ADDR.to_ne_bytes()); // rip
-    regs[17 * 8..18 * 8].copy_from_slice(&2u64.to_ne_bytes()); // rflags, bit 1 always set
-    ioctl(
-        vcpu.as_raw_fd(),
-        KVM_SET_REGS,
-        regs.as_ptr() as libc::c_ulong,
-    )
-    .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
-    ioctl(vcpu.as_raw_fd(), KVM_RUN, 0).map_err(|e| format!("KVM_RUN: {e}"))?;
-    // SAFETY: kvm_run is at least a page; exit_reason is the u32 at offset 8.
-    let exit_reason = unsafe { *((run.ptr as *const u8).add(8) as *const u32) };
-    if exit_reason == KVM_EXIT_HLT {
-        Ok(())
-    } else {
-        Err(format!(
-            "the probe guest exited with reason {exit_reason}, not HLT"
-        ))
+    // Declared before the VM so that it outlives it: locals drop in reverse order.
+    let mut page = Box::new(GuestPage([0; PAGE_BYTES]));
+    page.0[0] = HLT_OPCODE;
+    let vm = kvm.create_vm().map_err(call("KVM_CREATE_VM"))?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: PROBE_GUEST_ADDR,
+        memory_size: PAGE_BYTES as u64,
+        userspace_addr: page.0.as_mut_ptr() as u64,
+    };
+    // SAFETY: the region is one page we own, page-aligned by `GuestPage`'s alignment, and it
+    // lives until after `vm` (declared before it, so dropped after it): the guest never sees
+    // freed memory. Nothing else in this process reads or writes the page meanwhile.
+    unsafe { vm.set_user_memory_region(region) }.map_err(call("KVM_SET_USER_MEMORY_REGION"))?;
+    let mut vcpu = vm.create_vcpu(0).map_err(call("KVM_CREATE_VCPU"))?;
+    let mut sregs = vcpu.get_sregs().map_err(call("KVM_GET_SREGS"))?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).map_err(call("KVM_SET_SREGS"))?;
+    let regs = kvm_bindings::kvm_regs {
+        rip: PROBE_GUEST_ADDR,
+        // Bit 1 of RFLAGS is always set.
+        rflags: 2,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(call("KVM_SET_REGS"))?;
+    match vcpu.run().map_err(call("KVM_RUN"))? {
+        VcpuExit::Hlt => Ok(()),
+        other => Err(KvmProbeError::UnexpectedExit {
+            exit: format!("{other:?}"),
+        }),
     }
 }
 
 /// Whether KVM at `dev` can create TD VMs (`KVM_CAP_VM_TYPES` has `KVM_X86_TDX_VM`).
-pub fn probe_tdx(dev: &Path) -> Result<(), String> {
+pub fn probe_tdx(dev: &Path) -> Result<(), KvmProbeError> {
     let kvm = open_kvm(dev)?;
-    let types =
-        ioctl(kvm.as_raw_fd(), KVM_CHECK_EXTENSION, KVM_CAP_VM_TYPES).map_err(|e| e.to_string())?;
-    if (types as u32) & (1 << KVM_X86_TDX_VM) != 0 {
+    let types = tdx_vm_types(kvm.check_extension_raw(KVM_CAP_VM_TYPES.into()));
+    if types & (1 << KVM_X86_TDX_VM) != 0 {
         Ok(())
     } else {
-        Err(format!(
-            "KVM offers VM types {types:#x}, without TDX (bit {KVM_X86_TDX_VM})"
-        ))
+        Err(KvmProbeError::NoTdx { types })
     }
+}
+
+/// The VM-type mask from `KVM_CHECK_EXTENSION(KVM_CAP_VM_TYPES)`: a kernel that predates the
+/// capability answers 0, and an error (negative) means no types beyond the default either.
+fn tdx_vm_types(answer: i32) -> u32 {
+    u32::try_from(answer).unwrap_or(0)
 }
 
 /// The installed QEMU's version.
@@ -224,15 +169,73 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_missing_kvm_device_is_reported_not_a_panic() {
+    fn a_missing_kvm_device_is_an_open_error_naming_it() {
         let err = probe_kvm(Path::new("/nonexistent/kvm")).unwrap_err();
-        assert!(err.contains("/nonexistent/kvm"), "{err}");
-        assert!(probe_tdx(Path::new("/nonexistent/kvm")).is_err());
+        assert!(
+            matches!(&err, KvmProbeError::Open { path, errno } if path == Path::new("/nonexistent/kvm") && errno.errno() == libc::ENOENT),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("/nonexistent/kvm"), "{err}");
+        assert!(matches!(
+            probe_tdx(Path::new("/nonexistent/kvm")),
+            Err(KvmProbeError::Open { .. })
+        ));
     }
 
     #[test]
-    fn a_file_that_is_not_kvm_fails_the_probe() {
-        let err = probe_kvm(Path::new("/dev/null")).unwrap_err();
-        assert!(!err.is_empty());
+    fn a_device_that_is_not_kvm_fails_on_the_api_version() {
+        // /dev/null opens, but KVM_GET_API_VERSION is not an ioctl it knows.
+        for probe in [probe_kvm, probe_tdx] {
+            let err = probe(Path::new("/dev/null")).unwrap_err();
+            assert!(
+                matches!(&err, KvmProbeError::ApiVersion { version, .. } if *version < 0),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("it is not KVM"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_vm_type_mask_has_tdx_only_when_its_bit_is_set() {
+        assert_eq!(tdx_vm_types(-1), 0);
+        assert_eq!(tdx_vm_types(0), 0);
+        // KVM_X86_DEFAULT_VM and KVM_X86_SW_PROTECTED_VM: no TD.
+        assert_eq!(tdx_vm_types(0b11) & (1 << KVM_X86_TDX_VM), 0);
+        assert_ne!(tdx_vm_types(0b10_0001) & (1 << KVM_X86_TDX_VM), 0);
+        let no_tdx = KvmProbeError::NoTdx { types: 0b11 };
+        assert_eq!(
+            no_tdx.to_string(),
+            "KVM offers VM types 0x3, without TDX (bit 5)"
+        );
+    }
+
+    /// On a host with /dev/kvm (this one: it opens, and may or may not run guests), the
+    /// probes get past opening it and report what KVM itself said.
+    #[test]
+    fn the_real_device_is_opened_and_answers() {
+        let dev = Path::new("/dev/kvm");
+        if std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev)
+            .is_err()
+        {
+            eprintln!("SKIPPED: no usable /dev/kvm on this host");
+            return;
+        }
+        match probe_kvm(dev) {
+            Ok(()) => {}
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    KvmProbeError::Call { .. } | KvmProbeError::UnexpectedExit { .. }
+                ),
+                "{e:?}"
+            ),
+        }
+        match probe_tdx(dev) {
+            Ok(()) => {}
+            Err(e) => assert!(matches!(e, KvmProbeError::NoTdx { .. }), "{e:?}"),
+        }
     }
 }

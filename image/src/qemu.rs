@@ -333,7 +333,9 @@ pub fn probe_kvm_boot(qemu: &Path, vmlinuz: &Path) -> Result<(), String> {
 /// kernel), else TCG, with the reason for TCG.
 pub fn choose_accelerator(qemu: &Path, vmlinuz: &Path) -> (Accelerator, Option<String>) {
     let probe =
-        crate::host::probe_kvm(Path::new("/dev/kvm")).and_then(|()| probe_kvm_boot(qemu, vmlinuz));
+        crate::host::probe_kvm(Path::new("/dev/kvm"))
+            .map_err(|e| e.to_string())
+            .and_then(|()| probe_kvm_boot(qemu, vmlinuz));
     match probe {
         Ok(()) => (Accelerator::Kvm, None),
         Err(why) => (Accelerator::Tcg, Some(why)),
