@@ -13,6 +13,7 @@ mod eventlog;
 mod measure;
 mod run;
 mod verify;
+mod verify_gpu;
 mod verify_quote;
 
 /// Build, boot, measure and verify a Cloister box.
@@ -35,6 +36,8 @@ enum Command {
     VerifyQuote(verify_quote::Args),
     /// Check a running box from a fresh connection: attestation, measurements, TLS key.
     Verify(verify::Args),
+    /// Verify NVIDIA GPU attestation evidence offline (NVIDIA's serialized JSON shape).
+    VerifyGpu(verify_gpu::Args),
     /// Explain a TDX event log (CCEL) and replay it to RTMR values.
     Eventlog(eventlog::Args),
     /// Compute the launch measurements (MRTD, RTMR0..3) of an image: measurements.json.
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Doctor(args) => doctor::run(args),
         Command::VerifyQuote(args) => verify_quote::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::VerifyGpu(args) => verify_gpu::run(args),
         Command::Eventlog(args) => eventlog::run(args),
         Command::Measure(args) => measure::run(args),
         Command::Bench(args) => bench::run(args),

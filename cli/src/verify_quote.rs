@@ -125,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` or plain Unix seconds.
-fn parse_time(text: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_time(text: &str) -> anyhow::Result<u64> {
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(secs);
     }

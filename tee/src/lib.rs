@@ -13,6 +13,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod gpu;
 #[cfg(feature = "simulated")]
 pub mod simulated;
 pub mod tdx;
