@@ -738,6 +738,24 @@ impl<T> FrameWatch<T> {
     }
 }
 
+/// Runs [`FrameWatch`]'s parsing on `data` as a client's bytes (in pieces of every size
+/// from 1 to 17, and whole) and as an answer head; for the fuzz target and its corpus test.
+pub fn observe_connection_bytes(data: &[u8]) {
+    let headers = ErrorHeaders::new(true);
+    for piece in [1, 2, 3, 5, 7, 9, 17, data.len().max(1)] {
+        let mut watch = FrameWatch::new(tokio::io::empty(), Activity::new(), headers.clone());
+        for chunk in data.chunks(piece) {
+            watch.observe(chunk);
+        }
+        let _ = watch.activity.header_block_open_for();
+        let _ = watch.rewritten_head(data);
+    }
+    let mut preface = H2_PREFACE.to_vec();
+    preface.extend_from_slice(data);
+    let mut watch = FrameWatch::new(tokio::io::empty(), Activity::new(), headers);
+    watch.observe(&preface);
+}
+
 impl<T: AsyncWrite + Unpin> FrameWatch<T> {
     /// Writes what is pending; Ready(Ok) once nothing is.
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -1033,5 +1051,20 @@ mod tests {
                 .is_none()
         );
         assert!(watch.rewritten_head(b"{\"HTTP/1.1 400\"}").is_none());
+    }
+
+    #[test]
+    fn the_fuzz_corpus_never_panics() {
+        for input in [
+            &b""[..],
+            b"HTTP/1.1 400 Bad Request\r\n\r\n",
+            b"HTTP/1.1 4",
+            b"HTTP/1.1 431\r\n\r\n\r\n",
+            b"\xff\xff\xff\x01\x00\x00\x00\x00\x01",
+            b"\x00\x00\x00\x09\x04\x00\x00\x00\x01\x00\x00\x01\x01",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x40\x00\x01",
+        ] {
+            observe_connection_bytes(input);
+        }
     }
 }
