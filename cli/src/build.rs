@@ -6,15 +6,21 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use cloister_image::build::{self, BuildOptions, TeeChoice};
 
-/// Build the image: vmlinuz, initramfs.cpio.zst, cmdline and manifest.json.
+/// Build the image: vmlinuz, initramfs.cpio.zst, cmdline, manifest.json and one
+/// model-N.img disk per model.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Folder the outputs go to.
     #[arg(long, default_value = "target/cloister-image")]
     out: PathBuf,
-    /// Leave the model out of the initramfs.
-    #[arg(long)]
+    /// Build an image without a model (and without model-runner).
+    #[arg(long, conflicts_with = "model")]
     no_model: bool,
+    /// A GGUF model to serve from its own dm-verity model disk (repeatable; model-runner
+    /// serves the first) [default: the pinned SmolLM2-135M-Instruct]. `--check` needs the
+    /// same files again.
+    #[arg(long, value_name = "FILE.gguf")]
+    model: Vec<PathBuf>,
     /// The TEE the guest is built for: `tdx` (production) or `simulated` (development
     /// only: NOT confidential, its quotes are signed by a simulation key chain).
     #[arg(long, default_value = "tdx", value_name = "tdx|simulated")]
@@ -49,6 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut opts = BuildOptions::new(&source, &args.out);
     opts.no_model = args.no_model;
+    opts.models = args.model;
     opts.tee = args.tee;
     if args.tee == TeeChoice::Simulated && args.check.is_none() {
         eprintln!("{}", SIMULATED_WARNING);

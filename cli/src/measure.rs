@@ -77,6 +77,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if cmdline.contains('\n') {
         bail!("cmdline has more than one line");
     }
+    // The command line carries each model disk's root hash; check the disks hold what it
+    // names, so the measurement of the command line stands for the weights too.
+    for disk in cloister_image::build::verify_model_disks(&args.image, cmdline)? {
+        eprintln!(
+            "model disk {} ({}): {} bytes, dm-verity root {} matches the command line",
+            disk.file, disk.name, disk.verity.data_bytes, disk.verity.root
+        );
+    }
     let acpi_files = match &args.acpi_tables {
         Some(dir) => Some((
             read(&dir.join("table-loader"))?,

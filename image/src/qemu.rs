@@ -110,6 +110,18 @@ pub struct FwCfgFile {
     pub file: PathBuf,
 }
 
+/// A raw disk image attached as a virtio block device. The guest finds it by `serial`
+/// (`/sys/block/vdX/serial`), never by its place on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    /// The host file.
+    pub file: PathBuf,
+    /// The virtio serial the guest sees (at most 20 bytes).
+    pub serial: String,
+    /// Attach it read-only (model disks).
+    pub read_only: bool,
+}
+
 /// Escapes a value for QEMU's `key=value,...` option syntax (a comma is doubled).
 fn qemu_option_value(value: &str) -> String {
     value.replace(',', ",,")
@@ -136,6 +148,8 @@ pub struct RunSettings {
     pub tdx: Option<TdxSettings>,
     /// Files for the guest's `/sys/firmware/qemu_fw_cfg/by_name/`.
     pub fw_cfg: Vec<FwCfgFile>,
+    /// Disks, in the order they are put on the bus.
+    pub drives: Vec<Drive>,
 }
 
 fn path(p: &Path) -> String {
@@ -200,6 +214,21 @@ pub fn command_line(settings: &RunSettings) -> Vec<String> {
                 "name={},file={}",
                 qemu_option_value(&f.name),
                 qemu_option_value(&path(&f.file))
+            ),
+        ]);
+    }
+    for (i, drive) in settings.drives.iter().enumerate() {
+        let read_only = if drive.read_only { ",readonly=on" } else { "" };
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=disk{i},format=raw{read_only}",
+                qemu_option_value(&path(&drive.file))
+            ),
+            "-device",
+            &format!(
+                "virtio-blk-pci,drive=disk{i},serial={}",
+                qemu_option_value(&drive.serial)
             ),
         ]);
     }
@@ -412,6 +441,7 @@ mod tests {
             cmdline: "console=ttyS0 panic=-1".into(),
             tdx: None,
             fw_cfg: Vec::new(),
+            drives: Vec::new(),
         }
     }
 
@@ -463,6 +493,42 @@ mod tests {
             ["name=opt/cloister/measurements.json,file=/img/a,,b/measurements.json"]
         );
         assert!(MEASUREMENTS_GUEST_PATH.contains(MEASUREMENTS_FW_CFG_NAME));
+    }
+
+    #[test]
+    fn model_disks_are_read_only_virtio_disks_with_their_serials() {
+        let mut s = settings();
+        assert!(!command_line(&s).iter().any(|a| a == "-drive"));
+        s.drives = vec![
+            Drive {
+                file: PathBuf::from("/img/model-0.img"),
+                serial: "cloister-model-0".into(),
+                read_only: true,
+            },
+            Drive {
+                file: PathBuf::from("/img/a,b.img"),
+                serial: "other".into(),
+                read_only: false,
+            },
+        ];
+        let args = command_line(&s);
+        assert_eq!(
+            after(&args, "-drive"),
+            [
+                "file=/img/model-0.img,if=none,id=disk0,format=raw,readonly=on",
+                "file=/img/a,,b.img,if=none,id=disk1,format=raw"
+            ]
+        );
+        assert_eq!(
+            after(&args, "-device")
+                .into_iter()
+                .filter(|d| d.starts_with("virtio-blk"))
+                .collect::<Vec<_>>(),
+            [
+                "virtio-blk-pci,drive=disk0,serial=cloister-model-0",
+                "virtio-blk-pci,drive=disk1,serial=other"
+            ]
+        );
     }
 
     #[test]

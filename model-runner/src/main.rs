@@ -20,9 +20,13 @@ use cloister_model_runner::service::{Runner, ServiceConfig};
     about = "Serve a GGUF model over the OpenAI HTTP API"
 )]
 struct Args {
-    /// The GGUF model file.
+    /// The GGUF model file, or the block device holding it (a dm-verity model disk).
     #[arg(long, env = "CLOISTER_MODEL")]
     model: PathBuf,
+    /// The model's size in bytes; needed for a block device (whose size `fstat` does not
+    /// give), optional for a file (then at most its size).
+    #[arg(long)]
+    model_bytes: Option<u64>,
     /// TCP address to listen on, e.g. 127.0.0.1:8080 (port 0 picks one).
     #[arg(long)]
     listen: Option<String>,
@@ -122,9 +126,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let path = args.model.clone();
     let started = std::time::Instant::now();
-    let loaded = tokio::task::spawn_blocking(move || Model::load(&path, threads))
-        .await?
-        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let model_bytes = args.model_bytes;
+    let loaded =
+        tokio::task::spawn_blocking(move || Model::load_sized(&path, model_bytes, threads))
+            .await?
+            .with_context(|| format!("cannot load {}", args.model.display()))?;
     let shape = loaded.model.config.kv_shape();
     let kv_blocks = KvStore::blocks_for_budget(shape, args.block_tokens, args.kv_cache_mb << 20);
     if kv_blocks == 0 {

@@ -500,7 +500,17 @@ impl TensorSource<'_> {
 impl Model {
     /// Loads a GGUF model file with `threads` compute threads.
     pub fn load(path: &Path, threads: usize) -> Result<LoadedModel, ModelError> {
-        let file = MappedFile::open(path).map_err(ModelError::Io)?;
+        Self::load_sized(path, None, threads)
+    }
+
+    /// Loads a GGUF model of `len` bytes (the whole file when `None`) from a file or a
+    /// block device such as a dm-verity model disk, whose size `fstat` does not give.
+    pub fn load_sized(
+        path: &Path,
+        len: Option<u64>,
+        threads: usize,
+    ) -> Result<LoadedModel, ModelError> {
+        let file = MappedFile::open(path, len).map_err(ModelError::Io)?;
         let gguf = Gguf::parse(file.bytes()).map_err(ModelError::Gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf).map_err(ModelError::Tokenizer)?;
         let config = ModelConfig::from_gguf(&gguf)?;

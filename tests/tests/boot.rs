@@ -70,6 +70,7 @@ fn the_image_boots_serves_and_powers_off() {
         cmdline: qemu::read_cmdline(&image).unwrap(),
         tdx: None,
         fw_cfg: Vec::new(),
+        drives: Vec::new(),
     };
     let started = Instant::now();
     let mut vm = KillOnDrop(

@@ -148,6 +148,8 @@ fn a_chat_through_the_forwarded_port_of_the_booted_image_gets_an_answer() {
             name: qemu::MEASUREMENTS_FW_CFG_NAME.into(),
             file: measurements_file,
         }],
+        // The model, on its dm-verity disk, as `cloister run` attaches it.
+        drives: build::model_drives(&image).expect("the image's model disk"),
     };
     let booted = Instant::now();
     let mut vm = KillOnDrop(
