@@ -22,6 +22,8 @@ export CLOISTER_GUEST_TARGET_DIR=$CLOISTER_CACHE/target-guest
 CARGO_TARGET_DIR=$CLOISTER_GUEST_TARGET_DIR "$CARGO_TARGET_DIR/release/cloister" \
   build --tee simulated --out "$CLOISTER_CACHE/test-image"
 export CLOISTER_KERNEL=$CLOISTER_CACHE/test-image/vmlinuz
+# tests/tests/model_disk.rs boots this image (its model disk) instead of building its own.
+export CLOISTER_TEST_IMAGE=$CLOISTER_CACHE/test-image
 # The browser's attestation verifier (wasm), for the Chromium tests that load it.
 CLOISTER_VERIFIER_WASM=$("$here/verifier-wasm/build.sh")
 export CLOISTER_VERIFIER_WASM

@@ -458,6 +458,14 @@ fn point_model_runner_at(text: &[u8], path: &str, bytes: u64) -> Result<Vec<u8>,
     Ok(out.into_bytes())
 }
 
+/// The one field of `manifest.json` that booting and measuring read (older or partial
+/// manifests have none).
+#[derive(Deserialize)]
+struct ModelDisksOnly {
+    #[serde(default)]
+    model_disks: Vec<ModelDisk>,
+}
+
 /// The model disks of the built image in `image`, as `cloister run` attaches them:
 /// read-only, each with its serial. An image without `manifest.json` has none.
 pub fn model_drives(image: &Path) -> Result<Vec<crate::qemu::Drive>, ImageError> {
@@ -467,10 +475,11 @@ pub fn model_drives(image: &Path) -> Result<Vec<crate::qemu::Drive>, ImageError>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
     };
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| ImageError::BadLock {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let manifest: ModelDisksOnly =
+        serde_json::from_str(&text).map_err(|e| ImageError::BadLock {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     manifest
         .model_disks
         .iter()
@@ -504,7 +513,7 @@ pub fn verify_model_disks(image: &Path, cmdline: &str) -> Result<Vec<ModelDisk>,
     let path = image.join(MANIFEST);
     let disks = match fs::read_to_string(&path) {
         Ok(text) => {
-            let manifest: Manifest =
+            let manifest: ModelDisksOnly =
                 serde_json::from_str(&text).map_err(|e| ImageError::BadLock {
                     path: path.display().to_string(),
                     reason: e.to_string(),
@@ -1413,6 +1422,66 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["--model-bytes", "123456"]));
         assert_eq!(args.iter().filter(|a| **a == "--model").count(), 1);
         assert!(point_model_runner_at(b"args = []", "/x", 1).is_err());
+    }
+
+    #[test]
+    fn drives_come_from_the_manifest_and_a_partial_manifest_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(model_drives(dir.path()).unwrap().is_empty());
+        fs::write(
+            dir.path().join(MANIFEST),
+            r#"{"format":1,"tee":"simulated"}"#,
+        )
+        .unwrap();
+        assert!(model_drives(dir.path()).unwrap().is_empty());
+        assert!(
+            verify_model_disks(dir.path(), "console=ttyS0")
+                .unwrap()
+                .is_empty()
+        );
+        let mut m = manifest();
+        m.model_disks.push(ModelDisk {
+            name: "m".into(),
+            file: "model-0.img".into(),
+            serial: model_disk_serial(0),
+            model_sha256: "00".into(),
+            verity: crate::verity::write_model_disk(
+                &{
+                    let f = dir.path().join("m.gguf");
+                    fs::write(&f, vec![9u8; 5000]).unwrap();
+                    f
+                },
+                &dir.path().join("model-0.img"),
+            )
+            .unwrap(),
+        });
+        fs::write(
+            dir.path().join(MANIFEST),
+            serde_json::to_string(&m).unwrap(),
+        )
+        .unwrap();
+        let drives = model_drives(dir.path()).unwrap();
+        assert_eq!(drives.len(), 1);
+        assert_eq!(drives[0].serial, "cloister-model-0");
+        assert!(drives[0].read_only);
+        let option = model_cmdline_option(&m.model_disks[0]);
+        assert_eq!(
+            verify_model_disks(dir.path(), &format!("console=ttyS0 {option}"))
+                .unwrap()
+                .len(),
+            1
+        );
+        // A root the disk does not hash to, or a missing option, is refused.
+        let root = &m.model_disks[0].verity.root;
+        let wrong = option.replace(root.as_str(), &"0".repeat(64));
+        assert!(verify_model_disks(dir.path(), &wrong).is_err());
+        assert!(verify_model_disks(dir.path(), "console=ttyS0").is_err());
+        // So is a disk whose data changed.
+        let disk = dir.path().join("model-0.img");
+        let mut bytes = fs::read(&disk).unwrap();
+        bytes[100] ^= 1;
+        fs::write(&disk, bytes).unwrap();
+        assert!(verify_model_disks(dir.path(), &format!("console=ttyS0 {option}")).is_err());
     }
 
     #[test]
