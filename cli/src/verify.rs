@@ -6,29 +6,21 @@
 //! swapped TLS key fails the report-data binding. Prints one line per check (or `--json`)
 //! and exits non-zero on any failure.
 //!
-//! Only I/O and printing live here; every rule is in cloister-measurements. It must never
-//! skip the TLS handshake's own signature check: accepting any certificate is safe only
+//! Only I/O and printing live here; every rule is in cloister-measurements, and the TLS
+//! client is `cloister_http_client` with `cloister_protocol::tls`'s verifier. That verifier
+//! never skips the handshake's own signature check: accepting any certificate is safe only
 //! because the server must still prove it holds that certificate's key.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cloister_http_client::{Endpoint, Request, Url, blocking};
 use cloister_measurements::Measurements;
 use cloister_measurements::attestation::{self, BUNDLE_SIZE_MAX_BYTES, Inputs, Report};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
-use sha2::{Digest, Sha256};
 
 /// Bytes of the nonce sent (the protocol allows 16 to 64).
 const NONCE_BYTES: usize = 32;
-/// Largest response head (status line and headers) read from the box.
-const RESPONSE_HEAD_SIZE_MAX_BYTES: usize = 64 * 1024;
 /// Largest measurements.json read from the box.
 const MEASUREMENTS_SIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
 
@@ -54,266 +46,67 @@ pub struct Args {
     timeout: u64,
 }
 
-/// Where the box is: host (for SNI and the Host header) and port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    host: String,
-    port: u16,
+/// The box's address: an https:// URL, any path ignored.
+fn parse_url(url: &str) -> anyhow::Result<Endpoint> {
+    if !url.starts_with("https://") {
+        bail!("{url:?} is not an https:// URL");
+    }
+    let parsed: Url = url.parse()?;
+    Ok(parsed.endpoint)
 }
 
-fn parse_url(url: &str) -> anyhow::Result<Target> {
-    let rest = url
-        .strip_prefix("https://")
-        .with_context(|| format!("{url:?} is not an https:// URL"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() || authority.contains('@') {
-        bail!("{url:?} names no host");
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .with_context(|| format!("{url:?}: unclosed [ in the host"))?;
-        (host.to_owned(), after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host.to_owned(), Some(port)),
-            None => (authority.to_owned(), None),
-        }
-    };
-    let port = match port {
-        Some(p) => p
-            .parse()
-            .with_context(|| format!("{url:?}: {p:?} is not a port"))?,
-        None => 443,
-    };
-    Ok(Target { host, port })
-}
-
-/// Accepts any certificate (the quote is the trust anchor) but checks the handshake
-/// signature with it, so the server must hold the key of the certificate it presents.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// SHA-256 of the DER SubjectPublicKeyInfo of a certificate (docs/protocol.md, section 2).
-fn spki_sha256(certificate_der: &[u8]) -> anyhow::Result<[u8; 32]> {
-    let (_, certificate) = x509_parser::parse_x509_certificate(certificate_der)
-        .map_err(|e| anyhow::anyhow!("the box's TLS certificate is not readable: {e}"))?;
-    Ok(Sha256::digest(certificate.public_key().raw).into())
-}
-
-/// One TLS connection to the box, with the key it presented.
+/// One connection to the box, with the key its certificate holds.
 struct Connection {
-    stream: BufReader<StreamOwned<ClientConnection, TcpStream>>,
-    target: Target,
+    inner: blocking::Connection,
     tls_spki_sha256: [u8; 32],
+    endpoint: Endpoint,
+    timeout: Duration,
 }
 
-/// An HTTP answer: status, the `x-cloister-tee` header, the body, and whether the box
-/// keeps the connection open.
+/// An HTTP answer: status, the `x-cloister-tee` header and the body.
 struct Answer {
     status: u16,
     simulated_header: Option<String>,
     body: Vec<u8>,
-    keep_alive: bool,
 }
 
 impl Connection {
-    fn open(target: &Target, timeout: Duration) -> anyhow::Result<Self> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let name = ServerName::try_from(target.host.clone())
-            .with_context(|| format!("{:?} is not a host name", target.host))?;
-        let address = (target.host.as_str(), target.port)
-            .to_socket_addrs()
-            .with_context(|| format!("cannot resolve {}", target.host))?
-            .next()
-            .with_context(|| format!("{} has no address", target.host))?;
-        let tcp = TcpStream::connect_timeout(&address, timeout)
-            .with_context(|| format!("cannot connect to {address}"))?;
-        tcp.set_read_timeout(Some(timeout))?;
-        tcp.set_write_timeout(Some(timeout))?;
-        let tls = ClientConnection::new(Arc::new(config), name)?;
-        let mut stream = StreamOwned::new(tls, tcp);
-        while stream.conn.is_handshaking() {
-            stream
-                .conn
-                .complete_io(&mut stream.sock)
-                .with_context(|| format!("TLS handshake with {address} failed"))?;
-        }
-        let certificate = stream
-            .conn
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .context("the box presented no TLS certificate")?;
-        let tls_spki_sha256 = spki_sha256(certificate)?;
+    fn open(endpoint: &Endpoint, timeout: Duration) -> anyhow::Result<Self> {
+        let inner = blocking::Connection::open(endpoint, timeout)?;
+        let tls_spki_sha256 = inner
+            .tls_spki_sha256()
+            .context("the connection to the box is not TLS")?;
         Ok(Connection {
-            stream: BufReader::new(stream),
-            target: target.clone(),
+            inner,
             tls_spki_sha256,
+            endpoint: endpoint.clone(),
+            timeout,
         })
     }
 
+    /// Whether the box keeps this connection open for another request.
+    fn is_open(&self) -> bool {
+        self.inner.is_open()
+    }
+
     fn get(&mut self, path: &str, body_max: usize) -> anyhow::Result<Answer> {
-        let host = if self.target.host.contains(':') {
-            format!("[{}]:{}", self.target.host, self.target.port)
-        } else {
-            format!("{}:{}", self.target.host, self.target.port)
+        let request = Request {
+            headers: &[
+                ("user-agent", "cloister-verify"),
+                ("accept", "application/json"),
+            ],
+            ..Request::get(path, body_max)
         };
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: cloister-verify\r\n\
-             accept: application/json\r\nconnection: keep-alive\r\n\r\n"
-        );
-        let stream = self.stream.get_mut();
-        stream.write_all(request.as_bytes())?;
-        stream.flush()?;
-        read_answer(&mut self.stream, body_max).with_context(|| format!("GET {path}"))
+        let answer = self
+            .inner
+            .send(request, self.timeout)
+            .with_context(|| format!("GET {path} from {}", self.endpoint))?;
+        Ok(Answer {
+            status: answer.status,
+            simulated_header: answer.header("x-cloister-tee").map(str::to_owned),
+            body: answer.body,
+        })
     }
-}
-
-fn read_line(reader: &mut impl BufRead, used: &mut usize) -> anyhow::Result<String> {
-    let mut line = Vec::new();
-    let limit = (RESPONSE_HEAD_SIZE_MAX_BYTES - *used) as u64;
-    let n = reader.take(limit).read_until(b'\n', &mut line)?;
-    *used += n;
-    if n == 0 {
-        bail!("the box closed the connection");
-    }
-    if line.last() != Some(&b'\n') {
-        bail!("the answer's head is longer than {RESPONSE_HEAD_SIZE_MAX_BYTES} bytes");
-    }
-    let text = String::from_utf8(line).context("the answer's head is not UTF-8")?;
-    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
-}
-
-fn read_answer(reader: &mut impl BufRead, body_max: usize) -> anyhow::Result<Answer> {
-    let mut used = 0;
-    let status_line = read_line(reader, &mut used)?;
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        bail!("the box answered {status_line:?}, not HTTP/1.1");
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {status_line:?}"))?;
-    let (mut length, mut chunked, mut keep_alive, mut simulated_header) =
-        (None, false, version == "HTTP/1.1", None);
-    loop {
-        let line = read_line(reader, &mut used)?;
-        if line.is_empty() {
-            break;
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            bail!("a header line without a colon: {line:?}");
-        };
-        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-        match name.as_str() {
-            "content-length" => {
-                length = Some(value.parse::<usize>().context("a bad content-length")?)
-            }
-            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-            "connection" => keep_alive = !value.eq_ignore_ascii_case("close"),
-            "x-cloister-tee" => simulated_header = Some(value.to_owned()),
-            _ => {}
-        }
-    }
-    let too_large = |n: usize| anyhow::anyhow!("the answer is {n} bytes, more than {body_max}");
-    let body = if chunked {
-        let mut body = Vec::new();
-        loop {
-            let size_line = read_line(reader, &mut 0)?;
-            let size_hex = size_line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size_hex, 16)
-                .with_context(|| format!("a bad chunk size {size_hex:?}"))?;
-            if size == 0 {
-                // Trailers, then the blank line.
-                while !read_line(reader, &mut 0)?.is_empty() {}
-                break;
-            }
-            if body.len() + size > body_max {
-                return Err(too_large(body.len() + size));
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..])?;
-            if !read_line(reader, &mut 0)?.is_empty() {
-                bail!("a chunk does not end where its size says");
-            }
-        }
-        body
-    } else if let Some(n) = length {
-        if n > body_max {
-            return Err(too_large(n));
-        }
-        let mut body = vec![0; n];
-        reader.read_exact(&mut body)?;
-        body
-    } else {
-        keep_alive = false;
-        let mut body = Vec::new();
-        reader.take(body_max as u64 + 1).read_to_end(&mut body)?;
-        if body.len() > body_max {
-            return Err(too_large(body.len()));
-        }
-        body
-    };
-    Ok(Answer {
-        status,
-        simulated_header,
-        body,
-        keep_alive,
-    })
 }
 
 fn fresh_nonce() -> anyhow::Result<[u8; NONCE_BYTES]> {
@@ -386,7 +179,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => {
             // The same connection when the box keeps it open, else a new one: this file is
             // not bound to anything, so which connection carries it does not matter.
-            if !answer.keep_alive {
+            if !connection.is_open() {
                 connection = Connection::open(&target, timeout)?;
             }
             let served = connection.get("/measurements.json", MEASUREMENTS_SIZE_MAX_BYTES)?;
@@ -500,8 +293,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_name_host_and_port() {
-        let t = |host: &str, port| Target {
+    fn the_box_is_named_by_an_https_url() {
+        let t = |host: &str, port| Endpoint::Tls {
             host: host.into(),
             port,
         };
@@ -513,57 +306,11 @@ mod tests {
             parse_url("https://box.example:8443/").unwrap(),
             t("box.example", 8443)
         );
-        assert_eq!(
-            parse_url("https://127.0.0.1:9/x").unwrap(),
-            t("127.0.0.1", 9)
-        );
         assert_eq!(parse_url("https://[::1]:8443").unwrap(), t("::1", 8443));
         assert!(parse_url("http://box.example").is_err());
+        assert!(parse_url("unix:/run/box.sock").is_err());
         assert!(parse_url("https://").is_err());
         assert!(parse_url("https://box:port").is_err());
         assert!(parse_url("https://user@box").is_err());
-    }
-
-    #[test]
-    fn answers_are_read_by_length_chunks_or_close() {
-        let read = |text: &str, max| read_answer(&mut text.as_bytes(), max);
-        let a = read(
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Cloister-Tee: SIMULATED\r\n\r\nhelloextra",
-            100,
-        )
-        .unwrap();
-        assert_eq!(
-            (a.status, a.body.as_slice(), a.keep_alive),
-            (200, &b"hello"[..], true)
-        );
-        assert_eq!(a.simulated_header.as_deref(), Some("SIMULATED"));
-        let a = read(
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-            100,
-        )
-        .unwrap();
-        assert_eq!(a.body, b"abcde");
-        let a = read("HTTP/1.0 404 Not Found\r\n\r\nall of it", 100).unwrap();
-        assert_eq!(
-            (a.status, a.body.as_slice(), a.keep_alive),
-            (404, &b"all of it"[..], false)
-        );
-        assert!(read("HTTP/1.1 200 OK\r\ncontent-length: 101\r\n\r\n", 100).is_err());
-        assert!(
-            read(
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n65\r\n",
-                100
-            )
-            .is_err()
-        );
-        assert!(read("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort", 100).is_err());
-        assert!(read("SSH-2.0\r\n\r\n", 100).is_err());
-        assert!(
-            read(
-                &format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(70_000)),
-                100
-            )
-            .is_err()
-        );
     }
 }

@@ -12,7 +12,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kvm_bindings::{KVM_API_VERSION, KVM_CAP_VM_TYPES, KVM_X86_TDX_VM, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_API_VERSION, KVM_CAP_VM_TYPES, KVM_X86_TDX_VM, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VcpuExit};
 
 use crate::qemu::{QEMU_BINARY, parse_version};

@@ -15,6 +15,8 @@
 //! - [`replay::ReplayGuard`]: refuses a sealed request seen before or stamped too far from now.
 //! - [`messages`]: the inner JSON of a request and the events of a response.
 //! - [`server`]: [`server::open_chat_request`], which puts those together for the server.
+//! - `tls` (feature `rustls`): the clients' attestation-bound certificate verifier and the
+//!   certificate key hash that report data binds.
 #![forbid(unsafe_code)]
 
 pub mod attestation;
@@ -24,6 +26,8 @@ pub mod messages;
 pub mod replay;
 mod report_data;
 pub mod server;
+#[cfg(feature = "rustls")]
+pub mod tls;
 mod varint;
 pub mod vectors;
 

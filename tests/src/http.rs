@@ -1,21 +1,24 @@
-//! A tiny blocking HTTP/1.0 client and server helpers over std's TCP, for the boot test
-//! and the probe. QEMU accepts a forwarded connection before the guest listens, so a
-//! connection alone proves nothing: callers wait for a whole HTTP answer. Never used for
+//! Plain HTTP to forwarded guest ports, for the boot test, through the workspace's one client
+//! (`cloister_http_client`). QEMU accepts a forwarded connection before the guest listens, so
+//! a connection alone proves nothing: callers wait for a whole HTTP answer. Host side only
+//! (the probe built from this crate for the guest has no use for it), never used for
 //! anything but tests.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use cloister_http_client::{Endpoint, Request, blocking};
 
 /// Longest response accepted.
 pub const RESPONSE_MAX_BYTES: usize = 1 << 20;
 
-/// A parsed response.
+/// A response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// Body.
+    /// Body, invalid UTF-8 replaced.
     pub body: String,
 }
 
@@ -26,39 +29,22 @@ pub fn request(
     path: &str,
     timeout: Duration,
 ) -> io::Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: cloister\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .take(RESPONSE_MAX_BYTES as u64)
-        .read_to_end(&mut raw)?;
-    parse_response(&raw)
-}
-
-/// Parses `HTTP/1.x CODE ...\r\n headers \r\n\r\n body`.
-pub fn parse_response(raw: &[u8]) -> io::Result<Response> {
-    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
-    let text = std::str::from_utf8(raw).map_err(|_| bad("response is not UTF-8"))?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let status_line = head.lines().next().ok_or_else(|| bad("empty response"))?;
-    let mut words = status_line.split_whitespace();
-    if !words.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return Err(bad("not an HTTP/1 response"));
-    }
-    let status = words
-        .next()
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| bad("no status code"))?;
+    let endpoint = Endpoint::Tcp {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    };
+    let answer = blocking::request(
+        &endpoint,
+        Request {
+            method,
+            ..Request::get(path, RESPONSE_MAX_BYTES)
+        },
+        timeout,
+    )
+    .map_err(io::Error::other)?;
     Ok(Response {
-        status,
-        body: body.to_string(),
+        status: answer.status,
+        body: answer.text(),
     })
 }
 
@@ -86,21 +72,29 @@ pub fn wait_for_ok(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
+    use super::*;
+
     #[test]
-    fn a_response_parses() {
-        let r = parse_response(b"HTTP/1.0 200 OK\r\nContent-Type: x\r\n\r\n{\"a\":1}").unwrap();
+    fn an_answer_is_read_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buffer = [0u8; 1024];
+            let _ = stream.read(&mut buffer);
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: x\r\n\r\n{\"a\":1}");
+        });
+        let answer = request(addr, "GET", "/report", Duration::from_secs(5)).unwrap();
         assert_eq!(
-            r,
+            answer,
             Response {
                 status: 200,
                 body: "{\"a\":1}".into()
             }
         );
-        assert!(parse_response(b"SSH-2.0-x\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.0 200 OK\r\n").is_err());
     }
 
     #[test]
@@ -115,5 +109,16 @@ mod tests {
         });
         let err = wait_for_ok(addr, "/", Duration::from_millis(1500)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn a_non_http_answer_is_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let _ = stream.write_all(b"SSH-2.0-x\r\n\r\n");
+        });
+        assert!(request(addr, "GET", "/", Duration::from_secs(5)).is_err());
     }
 }

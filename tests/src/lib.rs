@@ -2,13 +2,15 @@
 //! flow (a QEMU boot, an ACME issuance against Pebble, a browser chat).
 //!
 //! - [`probe`]: what the test-only guest service `cloister-probe` observes and reports;
-//! - [`http`]: a tiny blocking HTTP/1.0 client for talking to forwarded guest ports;
+//! - `http` (host side only): plain HTTP to forwarded guest ports, through the shared client;
 //! - [`serial`]: reading boot phases and panics out of a serial console log.
 //!
-//! Std only: the probe binary built from this crate runs inside the guest.
+//! Std only in the guest: the probe binary built from this crate runs there (musl), and the
+//! one module with a dependency, `http`, is built only for the host.
 
 #![forbid(unsafe_code)]
 
+#[cfg(not(target_env = "musl"))]
 pub mod http;
 pub mod probe;
 pub mod serial;

@@ -1,6 +1,6 @@
 //! What the owner's console reads from the rest of the box: services' health and logs
 //! from the supervisor's control socket, the model's queue and KV use from model-runner's
-//! Prometheus `/metrics`, and the box's attestation: a bundle made on the spot, exactly as
+//! Prometheus `/metrics` (over its Unix socket in the image), and the box's attestation: a bundle made on the spot, exactly as
 //! `GET /attestation` makes it, VERIFIED by the same code users run
 //! (`cloister_measurements::attestation`, as `cloister verify` and the browser do) against
 //! the image's published measurements, check by check.
@@ -159,35 +159,39 @@ pub fn parse_prometheus(text: &str) -> Vec<Sample> {
         .collect()
 }
 
-/// Fetches `http://host:port/path` with plain HTTP/1.0 and parses it as metrics.
+/// Where model-runner's metrics are, given where model-runner listens (web-ui's
+/// `--model-runner`): `/metrics` on the same Unix socket or loopback port.
+pub fn metrics_url_of_model_runner(model_runner: &str) -> String {
+    if model_runner.starts_with("unix:") {
+        model_runner.to_owned()
+    } else {
+        format!("{}/metrics", model_runner.trim_end_matches('/'))
+    }
+}
+
+/// Fetches model-runner's metrics from `url` and parses them: `http://HOST:PORT/PATH`, or
+/// `unix:/PATH` for `/metrics` over model-runner's Unix socket (as in the image). Through
+/// the workspace's one HTTP client, within [`PART_TIMEOUT`].
 pub async fn model_metrics(url: &str) -> Option<Vec<Sample>> {
-    let parsed = url::Url::parse(url).ok()?;
-    if parsed.scheme() != "http" {
+    let url: cloister_http_client::Url = url.parse().ok()?;
+    let path = match &url.endpoint {
+        cloister_http_client::Endpoint::Unix(_) => "/metrics",
+        cloister_http_client::Endpoint::Tcp { .. } => url.path.as_str(),
+        // Metrics come from inside the box, never over TLS from elsewhere.
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    };
+    let request = cloister_http_client::Request {
+        headers: &[("accept", "text/plain")],
+        ..cloister_http_client::Request::get(path, MAX_ANSWER_BYTES as usize)
+    };
+    let answer = cloister_http_client::request(&url.endpoint, request, PART_TIMEOUT)
+        .await
+        .ok()?;
+    if !(200..300).contains(&answer.status) {
         return None;
     }
-    let host = parsed.host_str()?.to_owned();
-    let port = parsed.port_or_known_default()?;
-    let path = parsed.path().to_owned();
-    let fetch = async move {
-        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .ok()?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/plain\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut body = Vec::new();
-        stream
-            .take(MAX_ANSWER_BYTES)
-            .read_to_end(&mut body)
-            .await
-            .ok()?;
-        let text = String::from_utf8_lossy(&body).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1)?.starts_with('2') {
-            return None;
-        }
-        Some(parse_prometheus(body))
-    };
-    tokio::time::timeout(PART_TIMEOUT, fetch).await.ok()?
+    Some(parse_prometheus(&answer.text()))
 }
 
 /// The registers of a `measurements.json` (docs/measurements.md), in order, as
@@ -475,6 +479,61 @@ mod tests {
         assert_eq!(samples[1].value, 12.5);
         assert_eq!(samples.len(), 3);
         assert!(samples[2].value.is_nan());
+    }
+
+    #[test]
+    fn metrics_are_where_model_runner_listens() {
+        assert_eq!(
+            metrics_url_of_model_runner("unix:/run/cloister/model-runner.sock"),
+            "unix:/run/cloister/model-runner.sock"
+        );
+        assert_eq!(
+            metrics_url_of_model_runner("http://127.0.0.1:8081/"),
+            "http://127.0.0.1:8081/metrics"
+        );
+    }
+
+    /// As in the image: model-runner's `/metrics` over its Unix socket.
+    #[tokio::test]
+    async fn metrics_are_read_over_a_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model-runner.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buffer).await.unwrap();
+                assert_ne!(n, 0);
+                head.extend_from_slice(&buffer[..n]);
+            }
+            let body = "# TYPE cloister_queue_depth gauge\ncloister_queue_depth 3\n";
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let samples = model_metrics(&format!("unix:{}", path.display()))
+            .await
+            .unwrap();
+        assert_eq!(
+            samples,
+            vec![Sample {
+                name: "cloister_queue_depth".into(),
+                value: 3.0
+            }]
+        );
+        let head = server.await.unwrap();
+        assert!(head.starts_with("GET /metrics HTTP/1.1\r\n"), "{head}");
+        // Nothing listens there any more: unreachable, not an error page.
+        assert_eq!(
+            model_metrics(&format!("unix:{}", path.display())).await,
+            None
+        );
+        assert_eq!(model_metrics("https://127.0.0.1:1/metrics").await, None);
     }
 
     #[test]

@@ -78,7 +78,8 @@ struct Arguments {
     /// The supervisor's control socket.
     #[arg(long, default_value = "/run/cloister/supervisor.sock")]
     supervisor_socket: PathBuf,
-    /// model-runner's metrics URL (http://127.0.0.1:PORT/metrics).
+    /// model-runner's metrics: http://127.0.0.1:PORT/metrics or unix:/PATH (its socket).
+    /// Default: /metrics where --model-runner points.
     #[arg(long)]
     model_metrics_url: Option<String>,
     /// The image's published measurements.json, shown in the console.
@@ -117,7 +118,12 @@ fn settings(arguments: Arguments) -> anyhow::Result<Settings> {
     settings.public_https_port = arguments.public_https_port;
     settings.domain = arguments.domain;
     settings.supervisor_socket = arguments.supervisor_socket;
-    settings.model_metrics_url = arguments.model_metrics_url;
+    settings.model_metrics_url = arguments.model_metrics_url.or_else(|| {
+        let model_runner = arguments.model_runner.as_deref()?;
+        Some(cloister_web_ui::console::metrics_url_of_model_runner(
+            model_runner,
+        ))
+    });
     settings.measurements_file = arguments
         .measurements_file
         .or_else(|| arguments.expected_measurements.clone());
@@ -174,6 +180,9 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: under the supervisor, stderr goes to
+        // the logs and the serial console, which must stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let settings = settings(Arguments::parse())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

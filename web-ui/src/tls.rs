@@ -124,7 +124,8 @@ pub fn certificate_facts(der: &[u8]) -> Result<CertificateFacts, TlsError> {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":");
-    let spki = Sha256::digest(certificate.public_key().raw);
+    // The key hash that report data binds, computed as every client computes it.
+    let spki = cloister_protocol::tls::spki_sha256(der).map_err(|_| TlsError::X509)?;
     Ok(CertificateFacts {
         names,
         not_before_s: certificate.validity().not_before.timestamp(),

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use cloister_measurements::Measurements;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 
 /// The measurements.json of the simulated box in these tests (cloister-tee's example
 /// measurements: made-up firmware, kernel and initrd events).
@@ -41,7 +40,7 @@ pub fn tls_identity() -> TlsIdentity {
     let certificate = params.self_signed(&key).unwrap();
     TlsIdentity {
         certificate: certificate.der().clone(),
-        spki_sha256: Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)).into(),
+        spki_sha256: cloister_protocol::tls::spki_sha256(certificate.der()).unwrap(),
         key: key.serialize_der(),
     }
 }

@@ -1,5 +1,5 @@
-//! Helpers shared by web-ui's integration tests: a TLS client that accepts any certificate
-//! (the tests check the certificate themselves), raw HTTP over it, a stand-in for the
+//! Helpers shared by web-ui's integration tests: a TLS client with the shared
+//! attestation-bound verifier (the tests check the certificate themselves), raw HTTP over it, a stand-in for the
 //! supervisor's control socket that answers `list` and `logs`, and the browser tests'
 //! start-up ([`browser`]).
 
@@ -12,51 +12,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-#[derive(Debug)]
-struct AcceptAnything;
-
-impl ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A TLS client config that trusts anything, offering `alpn`.
+/// A TLS client config as every Cloister client has: any certificate, its handshake
+/// signature checked (`cloister_protocol::tls`), offering `alpn`. The tests check the
+/// certificate themselves.
 pub fn client_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     client_config_with_versions(alpn, rustls::DEFAULT_VERSIONS)
 }
@@ -66,16 +29,7 @@ pub fn client_config_with_versions(
     alpn: &[&[u8]],
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(versions)
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
+    Arc::new(cloister_protocol::tls::client_config_with_versions(alpn, versions).unwrap())
 }
 
 /// Connects with TLS to `address`, naming `sni`.
