@@ -29,7 +29,8 @@ CLOISTER_VERIFIER_WASM=$("$here/verifier-wasm/build.sh")
 export CLOISTER_VERIFIER_WASM
 cargo test --workspace --locked --no-fail-fast
 # The attested chat against the simulated TEE: a feature that no production build has.
-cargo test --locked -p cloister-web-ui --features simulated-tee --test chat_api --test chat_browser
+cargo test --locked -p cloister-web-ui --features simulated-tee --test chat_api --test chat_browser \
+  --test console_browser
 # `cloister verify` against that web-ui (the binary the previous step built).
 CLOISTER_WEB_UI_BIN=$CARGO_TARGET_DIR/debug/web-ui CLOISTER_REQUIRE_WEB_UI=1 \
   cargo test --locked -p cloister --test verify_web_ui

@@ -338,7 +338,39 @@ fn a_chat_through_the_forwarded_port_of_the_booted_image_gets_an_answer() {
     );
     assert!(!text.trim().is_empty(), "an empty answer: {events:?}");
 
+    // The owner's console shows model-runner's queue and KV figures, read over its Unix
+    // socket inside the box, not "not reachable".
+    let console = https::request(
+        addr,
+        HOST,
+        "GET",
+        "/console",
+        &[("Cookie", &format!("__Host-session={session}"))],
+        &[],
+        Duration::from_secs(60),
+    )
+    .expect("GET /console");
+    assert_eq!(console.status, 200, "console: {}", console.text());
+    let console = console.text();
+    assert!(
+        !console.contains("metrics are not reachable"),
+        "the console cannot read model-runner's metrics"
+    );
+    for metric in ["cloister_queue_depth", "cloister_kv_blocks_used"] {
+        assert!(console.contains(metric), "the console lacks {metric}");
+    }
+
     let log_text = serial_text();
+    // The services' log lines reach the serial console as plain text: no ANSI colour codes.
+    let coloured: Vec<&str> = log_text
+        .lines()
+        .filter(|l| l.contains("web-ui") || l.contains("model-runner"))
+        .filter(|l| l.contains('\u{1b}'))
+        .collect();
+    assert!(
+        coloured.is_empty(),
+        "escape codes on the serial console: {coloured:?}"
+    );
     assert_eq!(
         serial::first_panic(&log_text),
         None,

@@ -106,6 +106,13 @@ document.addEventListener("DOMContentLoaded", () => {
     const created = await post("/api/owner/invitations", { name });
     document.getElementById("invite-link").textContent = created.link;
   });
+  // The console's long values show cut to fit; their button copies the whole value.
+  for (const button of document.querySelectorAll("button.copy[data-copy]")) {
+    button.addEventListener("click", guard(async () => {
+      await navigator.clipboard.writeText(button.dataset.copy);
+      say("Copied.");
+    }));
+  }
   for (const button of document.querySelectorAll("button[data-action]")) {
     button.addEventListener("click", guard(async () => {
       const id = button.dataset.id;

@@ -215,6 +215,19 @@ pub struct ConsoleView<'a> {
     pub now_s: i64,
 }
 
+/// A long value (a hash, a register, a key) on one line: cut to fit with an ellipsis, whole
+/// in its tooltip and under its copy button (app.js). An empty value shows as a dash.
+fn long_value(value: &str) -> String {
+    if value.is_empty() {
+        return "<span class=\"value none\">-</span>".to_owned();
+    }
+    let value = escape(value);
+    format!(
+        "<span class=\"value\"><code title=\"{value}\">{value}</code>\
+<button type=\"button\" class=\"copy\" data-copy=\"{value}\">Copy</button></span>"
+    )
+}
+
 /// The TEE, and the verification of an attestation the box made for this page: each of
 /// the verifier's checks with its verdict, its values and, when it fails, the reason.
 fn attestation_section(html: &mut String, status: Option<&AttestationStatus>) {
@@ -293,7 +306,8 @@ fn attestation_section(html: &mut String, status: Option<&AttestationStatus>) {
         html,
         "<p>An attestation made for this page (as <code>GET /attestation</code> makes it, with \
          a fresh nonce), checked by the verifier users run; trust root: {}.</p>\
-<table id=\"attestation-checks\"><tr><th>Check</th><th>Result</th><th>Expected</th><th>Found</th><th>Why</th></tr>",
+<table id=\"attestation-checks\" class=\"long-values\"><thead><tr><th class=\"name\">Check</th>\
+<th class=\"result\">Result</th><th>Expected, found and why</th></tr></thead><tbody>",
         escape(if report.trust_root.is_empty() {
             "none"
         } else {
@@ -303,20 +317,26 @@ fn attestation_section(html: &mut String, status: Option<&AttestationStatus>) {
     for check in &report.checks {
         let _ = write!(
             html,
-            "<tr class=\"check {}\" data-check=\"{}\"><td title=\"{}\">{}</td><td class=\"{}\">{}</td>\
-<td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
+            "<tr class=\"check {}\" data-check=\"{}\"><td class=\"name\" title=\"{}\">{}</td>\
+<td class=\"result {}\">{}</td><td class=\"values\">\
+<div class=\"labelled\"><span class=\"label\">expected</span>{}</div>\
+<div class=\"labelled\"><span class=\"label\">found</span>{}</div>{}</td></tr>",
             if check.ok { "pass" } else { "fail" },
             escape(check.name),
             escape(check.title),
             escape(check.name),
             if check.ok { "ok" } else { "warn" },
             if check.ok { "pass" } else { "FAIL" },
-            escape(&check.expected),
-            escape(&check.actual),
-            escape(&check.detail),
+            long_value(&check.expected),
+            long_value(&check.actual),
+            if check.detail.is_empty() {
+                String::new()
+            } else {
+                format!("<p class=\"why\">{}</p>", escape(&check.detail))
+            },
         );
     }
-    html.push_str("</table>");
+    html.push_str("</tbody></table>");
 }
 
 /// The owner's console.
@@ -421,14 +441,15 @@ pub fn console(view: &ConsoleView<'_>) -> String {
     match view.measurements {
         Some(registers) if !registers.is_empty() => {
             html.push_str(
-                "<p>Expected launch measurements, as published with this image:</p><table>",
+                "<p>Expected launch measurements, as published with this image:</p>\
+<table id=\"expected-registers\" class=\"long-values\">",
             );
             for (register, hex) in registers {
                 let _ = write!(
                     html,
-                    "<tr><td>{}</td><td><code>{}</code></td></tr>",
+                    "<tr><td class=\"name\">{}</td><td class=\"values\">{}</td></tr>",
                     escape(register),
-                    escape(hex)
+                    long_value(hex)
                 );
             }
             html.push_str("</table>");
@@ -513,6 +534,17 @@ mod tests {
             escape("<script>\"x\"&'y'</script>"),
             "&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;&lt;/script&gt;"
         );
+    }
+
+    #[test]
+    fn long_values_are_one_escaped_line_with_a_copy_button() {
+        let html = long_value("ab\"<cd>");
+        assert_eq!(
+            html,
+            "<span class=\"value\"><code title=\"ab&quot;&lt;cd&gt;\">ab&quot;&lt;cd&gt;</code>\
+<button type=\"button\" class=\"copy\" data-copy=\"ab&quot;&lt;cd&gt;\">Copy</button></span>"
+        );
+        assert_eq!(long_value(""), "<span class=\"value none\">-</span>");
     }
 
     #[test]
