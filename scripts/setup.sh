@@ -34,6 +34,17 @@ rustup toolchain list | grep -q "^$toolchain" || rustup toolchain install "$tool
 rustup component add --toolchain "$toolchain" rustfmt clippy >/dev/null 2>&1
 rustup target add --toolchain "$toolchain" x86_64-unknown-linux-musl wasm32-unknown-unknown >/dev/null 2>&1
 
+# `cloister run`'s host channel where the host kernel has no vhost-vsock (docs/vsock.md):
+# rust-vmm's vhost-user vsock backend, built from its crate with its own lock, pinned.
+vhost_vsock_version=0.3.0
+vhost_vsock_root=$CLOISTER_CACHE/vhost-device-vsock-$vhost_vsock_version
+if [[ ! -x $vhost_vsock_root/bin/vhost-device-vsock ]]; then
+  say "vhost-device-vsock $vhost_vsock_version"
+  CARGO_TARGET_DIR=$CLOISTER_CACHE/target-vhost-device-vsock cargo install --locked --quiet \
+    --root "$vhost_vsock_root" "vhost-device-vsock@$vhost_vsock_version"
+  rm -rf "$CLOISTER_CACHE/target-vhost-device-vsock"
+fi
+
 case ${1:-} in
   --tests) ;;
   "") exit 0 ;;

@@ -12,6 +12,8 @@ mod doctor;
 mod eventlog;
 mod measure;
 mod run;
+mod status;
+mod stop;
 mod verify;
 mod verify_gpu;
 mod verify_quote;
@@ -30,6 +32,10 @@ enum Command {
     Build(build::Args),
     /// Boot the built image in QEMU.
     Run(run::Args),
+    /// Ask a box started by `run` whether it is ready, and its services' states (vsock).
+    Status(status::Args),
+    /// Power a box started by `run` off cleanly (vsock).
+    Stop(stop::Args),
     /// Say whether this host can run the image: KVM, TDX, QEMU.
     Doctor(doctor::Args),
     /// Verify a TDX quote offline against collateral and expected measurements.
@@ -51,6 +57,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Build(args) => build::run(args),
         Command::Run(args) => run::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Stop(args) => stop::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::VerifyQuote(args) => verify_quote::run(args),
         Command::Verify(args) => verify::run(args),

@@ -1,9 +1,12 @@
 //! `cloister run`: boots a built image under QEMU (KVM where a probe runs a guest, else
 //! TCG), or prints the command with `--dry-run`. A simulated image (`cloister build --tee
-//! simulated`) gets its expected measurements through fw_cfg. Logic in
-//! `cloister_image::qemu` and `cloister_image::expected`.
+//! simulated`) gets its expected measurements through fw_cfg. The box gets a vsock device
+//! for the host channel (docs/vsock.md); `--detach` returns once the box says it is ready
+//! there. Logic in `cloister_image::qemu`, `cloister_image::vsock` and
+//! `cloister_image::expected`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cloister_image::build;
@@ -12,6 +15,7 @@ use cloister_image::progress::Progress;
 use cloister_image::qemu::{
     self, Accelerator, Console, FwCfgFile, Launched, PortForward, RunSettings, TdxSettings,
 };
+use cloister_image::vsock::{self, Backend, RunState, VsockDevice};
 
 /// The guest's HTTPS port (web-ui, image/services/web-ui.toml).
 const GUEST_HTTPS_PORT: u16 = 443;
@@ -58,6 +62,49 @@ pub struct Args {
     /// Print the QEMU command instead of running it.
     #[arg(long)]
     dry_run: bool,
+    /// The box's vsock context id (unique on the host with the kernel's vhost-vsock).
+    #[arg(long, default_value_t = vsock::GUEST_CID_DEFAULT)]
+    guest_cid: u32,
+    /// With --detach: seconds to wait for the box to say it is ready.
+    #[arg(long, default_value_t = 900)]
+    ready_timeout: u64,
+}
+
+/// The box's vsock device: the kernel's vhost-vsock where it opens, else the vhost-user
+/// backend's sockets in the image folder. None for a TD without the kernel's (the vhost-user
+/// backend needs the guest's memory shared, which a TD's is not).
+fn plan_vsock(image: &Path, guest_cid: u32, tdx: bool) -> Option<VsockDevice> {
+    if vsock::kernel_vhost_vsock_available() {
+        Some(VsockDevice::Kernel { guest_cid })
+    } else if tdx {
+        None
+    } else {
+        Some(VsockDevice::VhostUser {
+            socket: image.join(vsock::VHOST_USER_SOCKET),
+            host_socket: image.join(vsock::HOST_SOCKET),
+        })
+    }
+}
+
+/// Starts the vhost-user backend when the plan needs one.
+fn start_vsock(
+    planned: Option<VsockDevice>,
+    image: &Path,
+    guest_cid: u32,
+) -> anyhow::Result<(Option<VsockDevice>, Option<Backend>)> {
+    match planned {
+        Some(VsockDevice::VhostUser { .. }) => {
+            let binary = vsock::find_backend(&build::default_cache_dir())?;
+            let backend = vsock::start_backend(&binary, image, guest_cid)?;
+            eprintln!(
+                "host channel: {} (vhost-user; no {})",
+                binary.display(),
+                vsock::VHOST_VSOCK_DEVICE
+            );
+            Ok((Some(backend.device.clone()), Some(backend)))
+        }
+        other => Ok((other, None)),
+    }
 }
 
 /// The TEE the image was built for, from its manifest.json (an image without one counts
@@ -141,6 +188,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Err(_), false) => (Accelerator::Tcg, Some("QEMU is not installed".to_string())),
     };
     let drives = build::model_drives(&args.image)?;
+    let image = args.image.clone();
+    let planned_vsock = plan_vsock(&image, args.guest_cid, args.tdx);
     let settings = RunSettings {
         image: args.image,
         memory_mib: args.memory,
@@ -171,8 +220,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("{}", crate::build::SIMULATED_WARNING);
     }
     if args.dry_run {
+        let vsock_args = planned_vsock
+            .iter()
+            .flat_map(|d| vsock::qemu_arguments(d, settings.memory_mib));
         let line: Vec<String> = std::iter::once(qemu::QEMU_BINARY.to_string())
             .chain(qemu::command_line(&settings))
+            .chain(vsock_args)
             .map(|a| qemu::shell_quote(&a))
             .collect();
         println!("{}", line.join(" "));
@@ -206,9 +259,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     if let Some(https) = settings.ports.iter().find(|p| p.guest == GUEST_HTTPS_PORT) {
+        let when = if args.detach {
+            "once this command returns"
+        } else {
+            "once the console says `supervisor: all services ready`"
+        };
         println!(
-            "Chat: https://localhost:{}/ once the console says `supervisor: all services ready` \
-             (a self-signed certificate; the owner's setup code is on the console)",
+            "Chat: https://localhost:{}/ {when} (a self-signed certificate; the owner's setup \
+             code is on the console)",
             https.host
         );
         if https.host != PUBLIC_HTTPS_PORT {
@@ -219,18 +277,118 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    match qemu::launch(&binary, &settings, args.detach)? {
-        Launched::Exited(status) if status.success() => Ok(()),
-        Launched::Exited(status) => bail!("QEMU exited with {status}"),
-        Launched::Detached { pid_file } => {
-            if let Console::File(log) = &settings.console {
-                println!(
-                    "QEMU runs in the background (pid in {}); console in {}",
-                    pid_file.display(),
-                    log.display()
-                );
+    if planned_vsock.is_none() {
+        eprintln!(
+            "no host channel: a TD needs the kernel's {} (`cloister status` and `stop` will \
+             not reach this box)",
+            vsock::VHOST_VSOCK_DEVICE
+        );
+        if args.detach {
+            bail!(
+                "--detach waits for the box on the host channel, which this host cannot give a TD"
+            );
+        }
+    }
+    let (device, backend) = start_vsock(planned_vsock, &image, args.guest_cid)?;
+    let backend_pid = backend.as_ref().map(|b| b.child.id());
+    let vsock_args: Vec<String> = device
+        .iter()
+        .flat_map(|d| vsock::qemu_arguments(d, settings.memory_mib))
+        .collect();
+    if !args.detach
+        && let Some(device) = &device
+    {
+        RunState {
+            device: device.clone(),
+            qemu_pid: None,
+            backend_pid,
+        }
+        .write(&image)?;
+    }
+    let launched = qemu::launch(&binary, &settings, &vsock_args, args.detach);
+    let launched = match launched {
+        Ok(l) => l,
+        Err(e) => {
+            RunState::remove(&image);
+            if let Some(b) = backend {
+                b.stop();
+            }
+            return Err(e.into());
+        }
+    };
+    match launched {
+        Launched::Exited(status) => {
+            RunState::remove(&image);
+            if let Some(b) = backend {
+                b.stop();
+            }
+            if !status.success() {
+                bail!("QEMU exited with {status}");
             }
             Ok(())
         }
+        Launched::Detached { pid_file } => {
+            let log = match &settings.console {
+                Console::File(log) => log.clone(),
+                Console::Terminal => PathBuf::new(),
+            };
+            let device = device.context("no host channel")?;
+            wait_until_ready(&image, device, &pid_file, backend, args.ready_timeout).with_context(
+                || format!("the box did not come up (console in {})", log.display()),
+            )?;
+            println!(
+                "The box is ready; QEMU runs in the background (pid in {}), console in {}. \
+                 `cloister status` and `cloister stop` reach it.",
+                pid_file.display(),
+                log.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Records the detached box, then asks it over vsock until it is ready. When QEMU is gone,
+/// the backend is stopped and the record removed; when the box is only late or a service
+/// failed, both stay, for `cloister status` and `stop`.
+fn wait_until_ready(
+    image: &Path,
+    device: VsockDevice,
+    pid_file: &Path,
+    backend: Option<Backend>,
+    timeout_s: u64,
+) -> anyhow::Result<()> {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("QEMU wrote no pid file {}", pid_file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds no pid", pid_file.display()))?;
+    RunState {
+        device: device.clone(),
+        qemu_pid: Some(pid),
+        backend_pid: backend.as_ref().map(|b| b.child.id()),
+    }
+    .write(image)?;
+    eprintln!(
+        "waiting for the box to say it is ready (vsock port {})",
+        vsock::HOST_CHANNEL_VSOCK_PORT
+    );
+    let result = vsock::wait_ready(&device, Duration::from_secs(timeout_s), || {
+        vsock::process_exists(pid)
+    });
+    match result {
+        Ok(answer) => {
+            for s in answer.services.unwrap_or_default() {
+                eprintln!("  {}: {}", s.name, s.state);
+            }
+            Ok(())
+        }
+        Err(e @ vsock::VsockError::QemuExited) => {
+            RunState::remove(image);
+            if let Some(b) = backend {
+                b.stop();
+            }
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
     }
 }

@@ -9,6 +9,7 @@
 //! - [`expected`]: the measurements a booted image should show, for `cloister run`;
 //! - [`qemu`]: the QEMU command lines (TCG, KVM, TDX) and the host probes.
 //! - [`verity`]: model disks, each a GGUF file and its dm-verity hash tree.
+//! - [`vsock`]: the host's end of the host channel (readiness, status, poweroff).
 //!
 //! It must never read a mirror host from anywhere but the machine's apt configuration,
 //! and never let the building machine's time, umask, folder or cargo home reach an output.
@@ -25,6 +26,7 @@ pub mod modules;
 pub mod progress;
 pub mod qemu;
 pub mod verity;
+pub mod vsock;
 
 /// Everything that can stop a build, a check or a boot.
 #[derive(Debug, thiserror::Error)]

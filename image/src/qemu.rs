@@ -361,10 +361,9 @@ pub fn probe_kvm_boot(qemu: &Path, vmlinuz: &Path) -> Result<(), String> {
 /// Picks KVM when both host probes ran a guest (one instruction, then the image's
 /// kernel), else TCG, with the reason for TCG.
 pub fn choose_accelerator(qemu: &Path, vmlinuz: &Path) -> (Accelerator, Option<String>) {
-    let probe =
-        crate::host::probe_kvm(Path::new("/dev/kvm"))
-            .map_err(|e| e.to_string())
-            .and_then(|()| probe_kvm_boot(qemu, vmlinuz));
+    let probe = crate::host::probe_kvm(Path::new("/dev/kvm"))
+        .map_err(|e| e.to_string())
+        .and_then(|()| probe_kvm_boot(qemu, vmlinuz));
     match probe {
         Ok(()) => (Accelerator::Kvm, None),
         Err(why) => (Accelerator::Tcg, Some(why)),
@@ -384,13 +383,16 @@ pub enum Launched {
 }
 
 /// Starts QEMU: in the foreground with the console on this terminal, or detached
-/// (`-daemonize`) with the console in the settings' log file.
+/// (`-daemonize`) with the console in the settings' log file. `extra` follows the settings'
+/// arguments (the vsock device, [`crate::vsock::qemu_arguments`]).
 pub fn launch(
     qemu: &Path,
     settings: &RunSettings,
+    extra: &[String],
     detach: bool,
 ) -> Result<Launched, crate::ImageError> {
     let mut args = command_line(settings);
+    args.extend_from_slice(extra);
     let io = |what: &str| {
         let what = what.to_string();
         move |source| crate::ImageError::Io { what, source }

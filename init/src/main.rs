@@ -10,7 +10,10 @@ use cloister_init::boot::{RUNTIME_DIR, boot};
 use cloister_init::linux::LinuxSystem;
 use cloister_init::shutdown::shutdown;
 use cloister_init::sys::PowerAction;
-use cloister_supervisor::{ShutdownAction, SupervisorConfig};
+use cloister_supervisor::host_channel::{
+    EXPECTED_MEASUREMENTS_GUEST_PATH, HOST_CHANNEL_VSOCK_PORT,
+};
+use cloister_supervisor::{HostChannelConfig, ShutdownAction, SupervisorConfig};
 
 /// The one place init calls the supervisor.
 fn run_supervisor() -> PowerAction {
@@ -19,6 +22,11 @@ fn run_supervisor() -> PowerAction {
         control_socket: PathBuf::from(RUNTIME_DIR).join("supervisor.sock"),
         runtime_dir: RUNTIME_DIR.into(),
         pid1: true,
+        // The host's readiness, status and poweroff channel (docs/vsock.md).
+        host_channel: Some(HostChannelConfig {
+            port: HOST_CHANNEL_VSOCK_PORT,
+            expected_measurements: Some(EXPECTED_MEASUREMENTS_GUEST_PATH.into()),
+        }),
     };
     match cloister_supervisor::run(config) {
         Ok(report) => {

@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::net::{
@@ -32,6 +33,10 @@ use crate::cgroup::{self, CgroupTree};
 use crate::control::{
     Event, LOG_TAIL_DEFAULT_LINES, REQUEST_LINE_MAX_BYTES, Request, Response, ServiceInfo,
 };
+use crate::host_channel::{
+    CCEL_TABLE, HostRequest, HostResponse, TDX_GUEST_DEVICE, boot_measurements, status_response,
+};
+use crate::host_listener::{self, Answer, HostChannelConfig};
 use crate::logs::{LineSplitter, LogLine, LogRing, Stream};
 use crate::manifest::{
     self, NotifySocketKind, Readiness, ServiceManifest, SignalNumber, StartLimitAction,
@@ -307,6 +312,9 @@ impl Supervisor {
             }
             tracing::error!("{e}; running without a control socket");
         }
+        if let Some(channel) = supervisor.config.host_channel.clone() {
+            supervisor.open_host_channel(channel);
+        }
         supervisor.fail_dependency_cycles();
         Ok(supervisor)
     }
@@ -382,6 +390,43 @@ impl Supervisor {
             .map_err(|e| err(e.into()))?;
         tokio::spawn(serve_control(listener, self.input.clone()));
         Ok(())
+    }
+
+    /// Starts the host channel (vsock). Never fatal: without it the box still serves, and
+    /// the host falls back to what it sees anyway.
+    fn open_host_channel(&self, channel: HostChannelConfig) {
+        let input = self.input.clone();
+        let expected = channel.expected_measurements;
+        let answer: Answer = Arc::new(move |request| match request {
+            HostRequest::Status => match ask_event_loop(&input, Request::List) {
+                Some(r) if r.ok => status_response(r.services.as_deref().unwrap_or_default()),
+                _ => HostResponse::error("the supervisor did not answer"),
+            },
+            HostRequest::Poweroff => match ask_event_loop(&input, Request::Poweroff) {
+                Some(r) if r.ok => HostResponse::ok(),
+                _ => HostResponse::error("the supervisor did not answer"),
+            },
+            HostRequest::Measurements => HostResponse {
+                ok: true,
+                measurements: Some(boot_measurements(
+                    expected.as_deref(),
+                    Path::new(TDX_GUEST_DEVICE),
+                    Path::new(CCEL_TABLE),
+                )),
+                ..HostResponse::default()
+            },
+        });
+        match host_listener::start(channel.port, answer) {
+            Ok(()) => eprintln!(
+                "supervisor: host channel on vsock port {} boottime_ms={}",
+                channel.port,
+                sys::boottime_ms()
+            ),
+            Err(e) => tracing::error!(
+                "cannot listen on vsock port {}: {e}; running without the host channel",
+                channel.port
+            ),
+        }
     }
 
     /// Services on a dependency cycle can never start: mark them failed with the cycle.
@@ -1459,6 +1504,16 @@ async fn read_output(
             }
         }
     }
+}
+
+/// From a plain thread (the host channel's): hands `request` to the loop and waits for the
+/// answer; None once the loop is gone.
+fn ask_event_loop(input: &mpsc::Sender<Input>, request: Request) -> Option<Response> {
+    let (reply, answer) = oneshot::channel();
+    input
+        .blocking_send(Input::Control { request, reply })
+        .ok()?;
+    answer.blocking_recv().ok()
 }
 
 /// Accepts control connections from root (or the supervisor's own user) only.

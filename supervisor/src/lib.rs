@@ -12,6 +12,8 @@
 pub mod cgroup;
 pub mod control;
 mod event_loop;
+pub mod host_channel;
+mod host_listener;
 pub mod logs;
 pub mod manifest;
 pub mod notify;
@@ -25,6 +27,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use control::{ControlClient, Request, Response, ServiceInfo};
+pub use host_listener::HostChannelConfig;
 pub use manifest::{ManifestError, ServiceManifest};
 
 /// Where the supervisor finds its services and puts its sockets.
@@ -39,6 +42,8 @@ pub struct SupervisorConfig {
     /// True when running as PID 1 (inside init): SIGTERM means poweroff, SIGINT reboot, and
     /// errors are logged, never fatal.
     pub pid1: bool,
+    /// The host channel on vsock (docs/vsock.md), inside the image; None elsewhere.
+    pub host_channel: Option<HostChannelConfig>,
 }
 
 impl Default for SupervisorConfig {
@@ -48,6 +53,7 @@ impl Default for SupervisorConfig {
             control_socket: PathBuf::from("/run/cloister/supervisor.sock"),
             runtime_dir: PathBuf::from("/run/cloister"),
             pid1: false,
+            host_channel: None,
         }
     }
 }

@@ -102,6 +102,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         control_socket: args.control_socket,
         runtime_dir: args.runtime_dir,
         pid1: std::process::id() == 1,
+        host_channel: None,
     };
     let report = cloister_supervisor::run(config).context("supervisor failed")?;
     eprintln!("{report}");

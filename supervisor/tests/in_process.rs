@@ -29,6 +29,7 @@ fn run_in_process_returns_the_requested_action_and_report() {
         control_socket: dir.path().join("ctl.sock"),
         runtime_dir: dir.path().join("run"),
         pid1: false,
+        host_channel: None,
     };
     let socket = config.control_socket.clone();
     let supervisor = std::thread::spawn(move || cloister_supervisor::run(config));
