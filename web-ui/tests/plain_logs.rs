@@ -37,10 +37,8 @@ fn logs_to_a_pipe_carry_no_escape_codes() {
         }
     }
     // SAFETY: kill(2) on our own child, not yet reaped.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0);
     let deadline = Instant::now() + Duration::from_secs(15);
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "web-ui did not stop on SIGTERM");
