@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use cloister_image::build::{self, BuildOptions, Manifest, TeeChoice};
 use cloister_image::progress::Progress;
-use cloister_image::qemu::{self, Accelerator, Console, Drive, RunSettings};
+use cloister_image::qemu::{self, Accelerator, Console, Drive, FwCfgFile, RunSettings};
 use cloister_measurements::Measurements;
 use cloister_tests::{KillOnDrop, serial};
 
@@ -67,7 +67,15 @@ fn manifest(image: &Path) -> Manifest {
     serde_json::from_slice(&std::fs::read(image.join(build::MANIFEST)).unwrap()).unwrap()
 }
 
-fn boot(image: &Path, cmdline: &str, drives: Vec<Drive>, log: &Path) -> KillOnDrop {
+/// Boots as `cloister run` does: the expected measurements through fw_cfg (web-ui under
+/// the simulated TEE refuses to start without them), the given disks and command line.
+fn boot(
+    image: &Path,
+    measurements: &Path,
+    cmdline: &str,
+    drives: Vec<Drive>,
+    log: &Path,
+) -> KillOnDrop {
     let settings = RunSettings {
         image: image.to_path_buf(),
         memory_mib: MEMORY_MIB,
@@ -77,7 +85,10 @@ fn boot(image: &Path, cmdline: &str, drives: Vec<Drive>, log: &Path) -> KillOnDr
         console: Console::File(log.to_path_buf()),
         cmdline: cmdline.to_owned(),
         tdx: None,
-        fw_cfg: Vec::new(),
+        fw_cfg: vec![FwCfgFile {
+            name: qemu::MEASUREMENTS_FW_CFG_NAME.into(),
+            file: measurements.to_path_buf(),
+        }],
         drives,
     };
     KillOnDrop(
@@ -176,6 +187,13 @@ fn a_model_disk_is_found_by_serial_verified_and_fails_closed_when_tampered() {
         (good.mrtd, good.rtmr0, good.rtmr1),
         (bad.mrtd, bad.rtmr0, bad.rtmr1)
     );
+    let measurements = scratch.path().join("measurements.json");
+    std::fs::write(
+        &measurements,
+        cloister_image::expected::measurements_json(&image, &firmware, MEMORY_MIB, CPUS)
+            .expect("the image measures"),
+    )
+    .unwrap();
 
     // Boot 1: a decoy disk first, the model disk second; found by serial.
     let decoy = scratch.path().join("decoy.img");
@@ -186,6 +204,7 @@ fn a_model_disk_is_found_by_serial_verified_and_fails_closed_when_tampered() {
     let booted = Instant::now();
     let mut vm = boot(
         &image,
+        &measurements,
         &cmdline,
         vec![
             Drive {
@@ -231,6 +250,7 @@ fn a_model_disk_is_found_by_serial_verified_and_fails_closed_when_tampered() {
     let _on_failure = SerialOnFailure(log.clone());
     let mut vm = boot(
         &image,
+        &measurements,
         &format!("{cmdline} {second}"),
         vec![
             Drive {
