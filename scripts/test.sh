@@ -30,7 +30,7 @@ export CLOISTER_VERIFIER_WASM
 cargo test --workspace --locked --no-fail-fast
 # The attested chat against the simulated TEE: a feature that no production build has.
 cargo test --locked -p cloister-web-ui --features simulated-tee --test chat_api --test chat_browser \
-  --test console_browser
+  --test console_browser --test hostile_attestation
 # `cloister verify` against that web-ui (the binary the previous step built).
 CLOISTER_WEB_UI_BIN=$CARGO_TARGET_DIR/debug/web-ui CLOISTER_REQUIRE_WEB_UI=1 \
   cargo test --locked -p cloister --test verify_web_ui
